@@ -1,0 +1,33 @@
+r"""A small LLaDA-architecture diffusion LM on bytes of the Python standard library.
+
+The default run needs no download: its corpus is the source tree of the Python running it.
+
+  python -m dllm_jax.main --config=configs/llada_small.py --workdir=/tmp/llada_small
+
+Expected (2-core CPU, see BENCHMARKS.md): about 12 minutes; validation NELBO about 2.9 bits
+per byte, against 8 for a uniform model.
+
+Variants, chosen after the colon:
+  small  the default above.
+  tiny   a seconds-long run for tests and smoke checks:
+         python -m dllm_jax.main --config=configs/llada_small.py:tiny --workdir=/tmp/tiny
+"""
+
+from dllm_jax.config import base_config
+
+
+def get_config(variant: str = 'small'):
+  c = base_config()
+  c.model.update(d_model=256, n_layers=4, n_heads=4, n_kv_heads=4, mlp_dim=768)
+  c.data.seq_len = 256
+  c.train.update(batch_size=32, num_steps=1200, learning_rate=2e-3, warmup_steps=100,
+                 log_every=20, eval_every=300, eval_batches=8, checkpoint_every=600)
+  if variant == 'tiny':
+    c.model.update(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, mlp_dim=128,
+                   vocab_multiple=8)
+    c.data.seq_len = 32
+    c.train.update(batch_size=8, num_steps=20, learning_rate=3e-3, warmup_steps=2,
+                   log_every=5, eval_every=10, eval_batches=2, checkpoint_every=10)
+  elif variant != 'small':
+    raise ValueError(f"unknown variant {variant!r} of llada_small.py: use 'small' or 'tiny'.")
+  return c

@@ -1,0 +1,1 @@
+"""dllm_jax: masked diffusion language models in JAX and Flax NNX."""

@@ -1,0 +1,87 @@
+"""Checkpoints: the only module that talks to orbax.
+
+A checkpoint holds the training state (parameters, optimizer state, EMA, step, RNG), the
+grain iterator state of every process and a small JSON record of what produced it (the model
+config and tokenizer), all saved together by one `CheckpointManager` with keep-last-N and
+asynchronous writes. Orbax writes into a temporary directory and renames it when complete,
+so a crash mid-save never leaves a half-written checkpoint that looks valid.
+"""
+
+import os
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot be read or does not fit the current config."""
+
+
+class Checkpointer:
+
+  def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=async_save)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'data': grain.checkpoint.CheckpointHandler(),
+                       'meta': ocp.JsonCheckpointHandler()})
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, data_iterator, meta: dict) -> None:
+    """Starts saving (asynchronously where enabled); `wait()` blocks until it is on disk."""
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=grain.checkpoint.CheckpointSave(data_iterator),
+        meta=ocp.args.JsonSave(meta)), force=True)
+
+  def read_meta(self, step: int) -> dict:
+    try:
+      return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(self._unreadable(step, e)) from e
+
+  def restore(self, step: int, abstract_state: Any, data_iterator, meta: dict) -> Any:
+    """Restores `state` onto the shardings of `abstract_state` and the iterator in place.
+
+    `meta` is what this run would save; a checkpoint made with a different model is refused
+    with the differing fields named, rather than failing deep inside orbax.
+    """
+    saved = self.read_meta(step)
+    diff = {k: (saved.get(k), v) for k, v in meta.items() if saved.get(k) != v}
+    if diff:
+      lines = '; '.join(f'{k}: checkpoint has {a!r}, config has {b!r}' for k, (a, b) in diff.items())
+      raise CheckpointError(f'checkpoint {step} in {self.directory} does not fit the config '
+                            f'({lines}); use another --workdir or the same config.')
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state),
+          data=grain.checkpoint.CheckpointRestore(data_iterator)))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(self._unreadable(step, e)) from e
+    return restored['state']
+
+  def _unreadable(self, step, error) -> str:
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+    return (f'checkpoint {step} in {self.directory} cannot be read ({type(error).__name__}: '
+            f'{first_line}); it is not used and nothing was overwritten. Move that step\'s '
+            'directory away to resume from an earlier one, or use another --workdir.')
+
+  def reached_preemption(self, step: int) -> bool:
+    """True on every process once a multi-host preemption notice has been synchronised."""
+    return jax.process_count() > 1 and self._manager.reached_preemption(step)
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()

@@ -1,0 +1,123 @@
+"""The masked-diffusion process: schedules, forward corruption and the continuous-time ELBO.
+
+At time t in [0, 1] each token is kept with probability alpha(t) and replaced by the mask
+token otherwise (alpha(0) ~ 1: clean data; alpha(1) ~ 0: all masks). The negative ELBO of a
+sequence x0 of n tokens is (MD4, Shi et al. 2024; MDLM, Sahoo et al. 2024)
+
+  NELBO = E_t[ w(t) * sum_{masked l} -log p(x0_l | x_t) ] + recon + prior,
+  w(t) = -alpha'(t) / (1 - alpha(t)),
+
+with t drawn antithetically across the batch. Schedules are clipped to
+alpha in [eps, 1 - eps] as in MD4, which leaves two small end terms that are added in closed
+form: `prior` (the ~eps of tokens still unmasked at t=1, against a prior that draws those
+uniformly: alpha(1) log V per token) and `recon` (the ~eps of tokens masked at t=0, charged
+at the uniform cost log V: (1 - alpha(0)) log V per token). For a model that predicts
+uniformly over the V non-mask tokens the bound is exactly log V per token.
+
+This module never looks inside the network: it takes a pure `logits_fn(params, tokens,
+attention_mask)`.
+"""
+
+import dataclasses
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+LN2 = math.log(2.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """alpha(t), the probability that a token is still unmasked at time t, and alpha'(t)."""
+  kind: str  # 'linear' | 'cosine' | 'polynomial'
+  power: float = 1.0  # k of the polynomial schedule
+  eps: float = 1e-4
+
+  def _raw(self, t):
+    if self.kind == 'linear':
+      return 1.0 - t, -jnp.ones_like(t)
+    if self.kind == 'cosine':
+      angle = 0.5 * jnp.pi * (1.0 - t)
+      return 1.0 - jnp.cos(angle), -0.5 * jnp.pi * jnp.sin(angle)
+    if self.kind == 'polynomial':
+      return 1.0 - t ** self.power, -self.power * t ** (self.power - 1.0)
+    raise ValueError(f'unknown schedule {self.kind!r}')
+
+  def alpha(self, t: Array) -> Array:
+    return self.eps + (1.0 - 2.0 * self.eps) * self._raw(jnp.asarray(t, jnp.float32))[0]
+
+  def dalpha(self, t: Array) -> Array:
+    return (1.0 - 2.0 * self.eps) * self._raw(jnp.asarray(t, jnp.float32))[1]
+
+  def weight(self, t: Array) -> Array:
+    """-alpha'(t) / (1 - alpha(t)): the ELBO weight of a masked token's cross-entropy."""
+    return -self.dalpha(t) / (1.0 - self.alpha(t))
+
+  def end_terms_per_token(self, num_classes: int) -> float:
+    """recon + prior in nats per token (see the module docstring)."""
+    ends = (1.0 - self.alpha(0.0)) + self.alpha(1.0)
+    return float(ends) * math.log(num_classes)
+
+
+def schedule_from_config(diffusion_config) -> Schedule:
+  return Schedule(diffusion_config.schedule, float(diffusion_config.schedule_power),
+                  float(diffusion_config.eps))
+
+
+def antithetic_times(key: Array, n: int) -> Array:
+  """n times in [0, 1), one in each interval [i/n, (i+1)/n), sharing one uniform offset."""
+  u = jax.random.uniform(key, ())
+  return jnp.mod(u + jnp.arange(n, dtype=jnp.float32) / n, 1.0)
+
+
+def corrupt(key: Array, tokens_BxL: Array, valid_BxL: Array, alpha_B: Array,
+            mask_id: int) -> tuple[Array, Array]:
+  """Masks each valid token independently with probability 1 - alpha; padding is kept."""
+  drop_BxL = jax.random.uniform(key, tokens_BxL.shape) >= alpha_B[:, None]
+  masked_BxL = drop_BxL & valid_BxL
+  return jnp.where(masked_BxL, mask_id, tokens_BxL), masked_BxL
+
+
+def cross_entropy(logits_BxLxV: Array, targets_BxL: Array, mask_id: int) -> Array:
+  """-log p(target) in float32 with the mask token's logit removed (it is never data)."""
+  logits = logits_BxLxV.astype(jnp.float32)
+  never = jnp.arange(logits.shape[-1]) == mask_id
+  logits = jnp.where(never, -jnp.inf, logits)
+  target_logit = jnp.take_along_axis(logits, targets_BxL[..., None], axis=-1)[..., 0]
+  return jax.nn.logsumexp(logits, axis=-1) - target_logit
+
+
+def make_loss_fn(logits_fn: Callable, schedule: Schedule, mask_id: int, vocab_size: int):
+  """Returns `loss_fn(params, batch, key) -> (nelbo nats/token, aux)`.
+
+  `batch` has 'tokens' [B, L] int32 and 'valid' [B, L] (0 for padding). aux holds the sums
+  needed to combine microbatches or hosts exactly: 'nelbo_sum' (nats) and 'num_tokens'.
+  """
+  end_terms = schedule.end_terms_per_token(vocab_size - 1)
+
+  def loss_fn(params, batch, key):
+    tokens_BxL = batch['tokens']
+    valid_BxL = batch['valid'].astype(bool)
+    t_key, mask_key = jax.random.split(key)
+    t_B = antithetic_times(t_key, tokens_BxL.shape[0])
+    xt_BxL, masked_BxL = corrupt(mask_key, tokens_BxL, valid_BxL, schedule.alpha(t_B), mask_id)
+    logits_BxLxV = logits_fn(params, xt_BxL, valid_BxL)
+    ce_BxL = jnp.where(masked_BxL, cross_entropy(logits_BxLxV, tokens_BxL, mask_id), 0.0)
+    num_tokens = valid_BxL.sum()
+    nelbo_sum = jnp.sum(schedule.weight(t_B) * ce_BxL.sum(axis=1)) + end_terms * num_tokens
+    loss = nelbo_sum / jnp.maximum(num_tokens, 1)
+    aux = {'nelbo_sum': nelbo_sum, 'num_tokens': num_tokens,
+           'masked_fraction': masked_BxL.sum() / jnp.maximum(num_tokens, 1)}
+    return loss, aux
+
+  return loss_fn
+
+
+def report(nelbo_nats_per_token) -> dict[str, float]:
+  """The NELBO as nats/token, bits/token and a perplexity upper bound."""
+  nats = float(nelbo_nats_per_token)
+  return {'nelbo_nats': nats, 'bits_per_token': nats / LN2,
+          'perplexity_bound': math.exp(min(nats, 700.0))}

@@ -1,0 +1,63 @@
+"""Entry point: python -m dllm_jax.main --config=configs/llada_small.py --workdir=DIR.
+
+Parses flags, starts multi-host JAX when the config asks, logs the devices and calls
+`train.train_and_evaluate`. Errors a person can fix (a bad config value, missing data, an
+unreadable checkpoint, a diverged run) end the program with one line saying what to do.
+"""
+
+import logging as pylogging
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from dllm_jax import checkpoint, config as config_lib, train
+from dllm_jax.data import DataError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config file, optionally with a variant: configs/x.py:tiny.',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints and metrics go; a run '
+                               'resumes from the latest checkpoint found here.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+FRIENDLY_ERRORS = (config_lib.ConfigError, DataError, checkpoint.CheckpointError,
+                   train.TrainingDiverged, FileNotFoundError)
+
+
+def initialize_distributed(dist) -> None:
+  if not dist.initialize:
+    return
+  kwargs = {}
+  if dist.coordinator_address:
+    kwargs = dict(coordinator_address=dist.coordinator_address,
+                  num_processes=dist.num_processes, process_id=dist.process_id)
+  jax.distributed.initialize(**kwargs)
+
+
+def _quiet_library_logs():
+  """Orbax and TFDS log every save and dataset load at INFO; keep only their warnings."""
+  noisy = ('/orbax/', '/tensorflow_datasets/', '/grain/')
+  logging.get_absl_handler().addFilter(
+      lambda r: r.levelno >= pylogging.WARNING or not any(n in r.pathname for n in noisy))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  _quiet_library_logs()
+  config = _CONFIG.value
+  try:
+    config_lib.validate(config)
+    initialize_distributed(config.distributed)
+    logging.info('JAX %s: process %d of %d; %d devices (%s), %d local', jax.__version__,
+                 jax.process_index(), jax.process_count(), jax.device_count(),
+                 jax.devices()[0].device_kind, jax.local_device_count())
+    train.train_and_evaluate(config, _WORKDIR.value)
+  except FRIENDLY_ERRORS as e:
+    sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,239 @@
+"""The denoiser: a Transformer with LLaDA's architecture, in Flax NNX.
+
+Pre-norm blocks of RMSNorm -> attention (grouped-query capable, rotate-half RoPE) -> residual,
+RMSNorm -> SwiGLU MLP -> residual; final RMSNorm; untied LM head; no biases; no time input.
+Bidirectional unless `causal`, which gives the same network as an autoregressive LM.
+
+Parameter names follow LLaDA's checkpoints (wte, blocks.{attn_norm, q_proj, ...}, ln_f) so
+converted weights map one to one. The blocks are stacked on a leading 'layers' axis and run
+with `lax.scan` (or unrolled); every parameter carries logical axis names (see sharding.py).
+
+The network knows nothing about masking schedules: it maps tokens to logits.
+"""
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dllm_jax import sharding
+
+Array = jax.Array
+
+REMAT_POLICIES = {
+    'full': None,  # save nothing, recompute the block in the backward pass
+    'dots': jax.checkpoint_policies.checkpoint_dots,
+    'dots_with_no_batch_dims': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+BATCH_LENGTH_EMBED = ('activation_batch', 'activation_length', 'activation_embed')
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  vocab_size: int
+  d_model: int
+  n_layers: int
+  n_heads: int
+  n_kv_heads: int
+  head_dim: int
+  mlp_dim: int
+  rope_theta: float = 10000.0
+  norm_eps: float = 1e-5
+  init_std: float = 0.02
+  causal: bool = False
+  param_dtype: str = 'float32'
+  dtype: str = 'float32'
+  scan_layers: bool = True
+  remat_policy: str = 'none'
+  attention_impl: str = 'xla'
+
+  @classmethod
+  def from_config(cls, model_config, vocab_size: int) -> 'ModelConfig':
+    """From `config.model`; `vocab_size` is used when the config leaves it at 0."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in model_config.items() if k in fields}
+    kwargs['vocab_size'] = model_config.vocab_size or vocab_size
+    kwargs['head_dim'] = model_config.head_dim or model_config.d_model // model_config.n_heads
+    return cls(**kwargs)
+
+  def num_params(self, include_embedding: bool = True) -> int:
+    d, h, k, hd, f = self.d_model, self.n_heads, self.n_kv_heads, self.head_dim, self.mlp_dim
+    per_layer = d * hd * (2 * h + 2 * k) + 3 * d * f + 2 * d
+    total = self.n_layers * per_layer + d + d * self.vocab_size  # blocks, ln_f, head
+    return total + (self.vocab_size * d if include_embedding else 0)
+
+  def flops_per_token(self, seq_len: int, training: bool = True) -> float:
+    """Model FLOPs per token: matmuls plus the full L^2 attention (bidirectional, no halving)."""
+    matmul = 2 * self.num_params(include_embedding=False)
+    attention = 2 * 2 * self.n_layers * seq_len * self.n_heads * self.head_dim
+    if self.causal:
+      attention /= 2
+    return (3 if training else 1) * (matmul + attention)
+
+
+def _param(key, shape, axes, std, dtype):
+  value = std * jax.random.normal(key, shape, dtype) if std else jnp.ones(shape, dtype)
+  # Sharding is decided by sharding.py from the names, not eagerly by Flax.
+  return nnx.Param(value, sharding_names=axes, eager_sharding=False)
+
+
+def rms_norm(x: Array, scale: Array, eps: float) -> Array:
+  """LLaDA's RMSNorm: normalise in float32, cast back, then scale."""
+  x32 = x.astype(jnp.float32)
+  x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return x32.astype(x.dtype) * scale.astype(x.dtype)
+
+
+def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[Array, Array]:
+  inv_freq = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+  angles_LxH2 = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+  angles_LxH = jnp.concatenate([angles_LxH2, angles_LxH2], axis=-1)
+  return jnp.cos(angles_LxH), jnp.sin(angles_LxH)
+
+
+def apply_rope(x_BxLxNxH: Array, cos_LxH: Array, sin_LxH: Array) -> Array:
+  """Rotate-half (NeoX) rotary embedding, in float32."""
+  x = x_BxLxNxH.astype(jnp.float32)
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  cos, sin = cos_LxH[None, :, None, :], sin_LxH[None, :, None, :]
+  return (x * cos + rotated * sin).astype(x_BxLxNxH.dtype)
+
+
+class Block(nnx.Module):
+  """One pre-norm Transformer block."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    d, h, k, hd, f = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.mlp_dim
+    std, out_std = cfg.init_std, cfg.init_std / (2 * cfg.n_layers) ** 0.5
+    dt = jnp.dtype(cfg.param_dtype)
+    self.attn_norm = _param(None, (d,), ('norm',), 0.0, dt)
+    self.q_proj = _param(rngs.params(), (d, h, hd), ('embed', 'heads', 'head_dim'), std, dt)
+    self.k_proj = _param(rngs.params(), (d, k, hd), ('embed', 'kv_heads', 'head_dim'), std, dt)
+    self.v_proj = _param(rngs.params(), (d, k, hd), ('embed', 'kv_heads', 'head_dim'), std, dt)
+    self.attn_out = _param(rngs.params(), (h, hd, d), ('heads', 'head_dim', 'embed'), out_std, dt)
+    self.ff_norm = _param(None, (d,), ('norm',), 0.0, dt)
+    self.ff_proj = _param(rngs.params(), (d, f), ('embed', 'mlp'), std, dt)
+    self.up_proj = _param(rngs.params(), (d, f), ('embed', 'mlp'), std, dt)
+    self.ff_out = _param(rngs.params(), (f, d), ('mlp', 'embed'), out_std, dt)
+
+  def __call__(self, x_BxLxD: Array, cos_LxH: Array, sin_LxH: Array,
+               mask_Bx1x1xL: Array | None) -> Array:
+    cfg, dt = self.cfg, x_BxLxD.dtype
+    w = lambda p: p[...].astype(dt)
+
+    h_BxLxD = rms_norm(x_BxLxD, self.attn_norm[...], cfg.norm_eps)
+    q_BxLxNxH = jnp.einsum('bld,dnh->blnh', h_BxLxD, w(self.q_proj))
+    k_BxLxKxH = jnp.einsum('bld,dkh->blkh', h_BxLxD, w(self.k_proj))
+    v_BxLxKxH = jnp.einsum('bld,dkh->blkh', h_BxLxD, w(self.v_proj))
+    heads = ('activation_batch', 'activation_length', 'activation_heads', None)
+    q_BxLxNxH = sharding.constrain(apply_rope(q_BxLxNxH, cos_LxH, sin_LxH), heads)
+    k_BxLxKxH = sharding.constrain(apply_rope(k_BxLxKxH, cos_LxH, sin_LxH), heads)
+    v_BxLxKxH = sharding.constrain(v_BxLxKxH, heads)
+    o_BxLxNxH = jax.nn.dot_product_attention(
+        q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, mask=mask_Bx1x1xL, is_causal=cfg.causal,
+        implementation=cfg.attention_impl)
+    x_BxLxD = x_BxLxD + jnp.einsum('blnh,nhd->bld', o_BxLxNxH, w(self.attn_out))
+    x_BxLxD = sharding.constrain(x_BxLxD, BATCH_LENGTH_EMBED)
+
+    h_BxLxD = rms_norm(x_BxLxD, self.ff_norm[...], cfg.norm_eps)
+    gate_BxLxF = jnp.einsum('bld,df->blf', h_BxLxD, w(self.ff_proj))
+    up_BxLxF = jnp.einsum('bld,df->blf', h_BxLxD, w(self.up_proj))
+    act_BxLxF = sharding.constrain(jax.nn.silu(gate_BxLxF) * up_BxLxF,
+                                   ('activation_batch', 'activation_length', 'activation_mlp'))
+    x_BxLxD = x_BxLxD + jnp.einsum('blf,fd->bld', act_BxLxF, w(self.ff_out))
+    return sharding.constrain(x_BxLxD, BATCH_LENGTH_EMBED)
+
+
+class Transformer(nnx.Module):
+  """tokens [B, L] (+ optional key-padding mask) -> float32 logits [B, L, V]."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    dt = jnp.dtype(cfg.param_dtype)
+    self.wte = _param(rngs.params(), (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'),
+                      cfg.init_std, dt)
+
+    @nnx.split_rngs(splits=cfg.n_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: 'layers'})
+    def make_blocks(rngs):
+      return Block(cfg, rngs)
+
+    self.blocks = make_blocks(rngs)
+    self.ln_f = _param(None, (cfg.d_model,), ('norm',), 0.0, dt)
+    self.lm_head = _param(rngs.params(), (cfg.d_model, cfg.vocab_size), ('embed', 'vocab'),
+                          cfg.init_std, dt)
+
+  def __call__(self, tokens_BxL: Array, attention_mask_BxL: Array | None = None) -> Array:
+    cfg = self.cfg
+    dt = jnp.dtype(cfg.dtype)
+    x_BxLxD = jnp.take(self.wte[...], tokens_BxL, axis=0).astype(dt)
+    x_BxLxD = sharding.constrain(x_BxLxD, BATCH_LENGTH_EMBED)
+    cos_LxH, sin_LxH = rope_tables(tokens_BxL.shape[1], cfg.head_dim, cfg.rope_theta)
+    mask = None
+    if attention_mask_BxL is not None:
+      mask = attention_mask_BxL.astype(bool)[:, None, None, :]
+
+    graphdef, layers = nnx.split(self.blocks)
+
+    def layer(x, layer_state):
+      return nnx.merge(graphdef, layer_state)(x, cos_LxH, sin_LxH, mask)
+
+    if cfg.remat_policy != 'none':
+      layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat_policy],
+                             prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      x_BxLxD, _ = jax.lax.scan(lambda x, s: (layer(x, s), None), x_BxLxD, layers)
+    else:
+      for i in range(cfg.n_layers):
+        x_BxLxD = layer(x_BxLxD, jax.tree.map(lambda a: a[i], layers))
+
+    x_BxLxD = rms_norm(x_BxLxD, self.ln_f[...], cfg.norm_eps)
+    logits_BxLxV = jnp.einsum('bld,dv->blv', x_BxLxD, self.lm_head[...].astype(dt),
+                              preferred_element_type=jnp.float32)
+    return sharding.constrain(logits_BxLxV,
+                              ('activation_batch', 'activation_length', 'activation_vocab'))
+
+
+def abstract_model(cfg: ModelConfig) -> tuple[nnx.GraphDef, Any, Any]:
+  """(graphdef, abstract params, logical axes) without allocating anything."""
+  static = {}
+
+  def make():
+    graphdef, state = nnx.split(Transformer(cfg, nnx.Rngs(0)))
+    static.update(graphdef=graphdef, axes=nnx.to_pure_dict(nnx.get_partition_spec(state)))
+    return nnx.to_pure_dict(state)
+
+  # jax.eval_shape rather than nnx.eval_shape: the latter would attach shardings from the
+  # logical names to an active mesh, which only sharding.py may do.
+  abstract_params = jax.eval_shape(make)
+  return static['graphdef'], abstract_params, static['axes']
+
+
+def init_params(cfg: ModelConfig, key: Array) -> dict:
+  """Freshly initialised parameters as a plain nested dict (jit it with out_shardings)."""
+  return nnx.to_pure_dict(nnx.split(Transformer(cfg, nnx.Rngs(params=key)))[1])
+
+
+def make_logits_fn(graphdef: nnx.GraphDef):
+  """The pure `logits_fn(params, tokens, attention_mask=None)` samplers and losses take."""
+
+  def logits_fn(params, tokens_BxL, attention_mask_BxL=None):
+    return nnx.merge(graphdef, params)(tokens_BxL, attention_mask_BxL)
+
+  return logits_fn
+
+
+@functools.lru_cache(maxsize=None)
+def _graphdef(cfg: ModelConfig) -> nnx.GraphDef:
+  return abstract_model(cfg)[0]
+
+
+def apply(cfg: ModelConfig, params, tokens_BxL, attention_mask_BxL=None) -> Array:
+  """Convenience forward pass for tests and notebooks."""
+  return make_logits_fn(_graphdef(cfg))(params, tokens_BxL, attention_mask_BxL)

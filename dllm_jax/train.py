@@ -1,0 +1,390 @@
+"""train_and_evaluate(config, workdir): the one training loop.
+
+config -> data pipeline -> jitted step(state, batch) -> metrics / checkpoints. The state is
+created abstractly, sharded by the logical-axis rules, initialised by a jitted function with
+out_shardings (or restored from the latest checkpoint in `workdir`), and the step is one
+`jax.jit` with in/out shardings and donation, compiled ahead of step 0 with its memory
+analysis logged. The loop dispatches step N+1 before it pulls step N's loss to the host,
+so the device never waits on Python.
+"""
+
+import dataclasses
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from jax.experimental import multihost_utils
+
+from dllm_jax import checkpoint as ckpt_lib
+from dllm_jax import config as config_lib
+from dllm_jax import data as data_lib
+from dllm_jax import diffusion
+from dllm_jax import metrics as metrics_lib
+from dllm_jax import model as model_lib
+from dllm_jax import sharding
+
+ConfigError = config_lib.ConfigError
+BATCH_AXES = ('activation_batch', 'activation_length')
+NO_WEIGHT_DECAY = ('wte', 'attn_norm', 'ff_norm', 'ln_f')
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss or gradient became NaN/Inf."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  ema_params: Any  # {} when the EMA is off
+  rng: jax.Array  # raw uint32 key data; step keys are fold_in(rng, step)
+
+
+def make_optimizer(train_config) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW with linear warmup and cosine decay; no weight decay on norms or the embedding."""
+  t = train_config
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=t.learning_rate, warmup_steps=t.warmup_steps,
+      decay_steps=max(t.num_steps, t.warmup_steps + 1), end_value=t.learning_rate * t.min_lr_ratio)
+
+  def decay_mask(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: not any(getattr(k, 'key', None) in NO_WEIGHT_DECAY for k in path), params)
+
+  chain = [optax.clip_by_global_norm(t.grad_clip)] if t.grad_clip > 0 else []
+  chain.append(optax.adamw(schedule, b1=t.b1, b2=t.b2, eps=t.adam_eps,
+                           weight_decay=t.weight_decay, mask=decay_mask))
+  return optax.chain(*chain), schedule
+
+
+def make_train_step(loss_fn, optimizer, schedule, microbatches: int, ema_decay: float):
+  """step(state, batch) -> (state, metrics); microbatches accumulate gradients in a scan."""
+
+  def grads_of(params, batch, key, total_tokens):
+    def objective(p):
+      _, aux = loss_fn(p, batch, key)
+      return aux['nelbo_sum'] / total_tokens, aux
+    return jax.grad(objective, has_aux=True)(params)
+
+  def train_step(state: TrainState, batch):
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    total_tokens = jnp.maximum(batch['valid'].sum(), 1).astype(jnp.float32)
+    if microbatches == 1:
+      grads, aux = grads_of(state.params, batch, key, total_tokens)
+      nelbo_sum, masked = aux['nelbo_sum'], aux['masked_fraction'] * aux['num_tokens']
+    else:
+      # [B, ...] -> [k, B/k, ...] so that each microbatch keeps every device's rows.
+      split = lambda x: x.reshape(x.shape[0] // microbatches, microbatches,
+                                  *x.shape[1:]).swapaxes(0, 1)
+
+      def accumulate(carry, i_batch):
+        i, micro = i_batch
+        micro = jax.tree.map(lambda x: sharding.constrain(x, BATCH_AXES), micro)
+        g, aux = grads_of(state.params, micro, jax.random.fold_in(key, i), total_tokens)
+        acc_g, acc_nelbo, acc_masked = carry
+        return (jax.tree.map(jnp.add, acc_g, g), acc_nelbo + aux['nelbo_sum'],
+                acc_masked + aux['masked_fraction'] * aux['num_tokens']), None
+
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      (grads, nelbo_sum, masked), _ = jax.lax.scan(
+          accumulate, (zeros, 0.0, 0.0),
+          (jnp.arange(microbatches), jax.tree.map(split, batch)))
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = state.ema_params
+    if ema_decay:
+      ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
+    loss = nelbo_sum / total_tokens
+    metrics = {'loss': loss, 'bits_per_token': loss / diffusion.LN2,
+               'grad_norm': optax.global_norm(grads), 'learning_rate': schedule(state.step),
+               'masked_fraction': masked / total_tokens}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                         ema_params=ema), metrics
+
+  return train_step
+
+
+def make_eval_step(loss_fn):
+  def eval_step(params, batch, key):
+    _, aux = loss_fn(params, batch, key)
+    return aux['nelbo_sum'], aux['num_tokens']
+  return eval_step
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything built from a config before the loop: shapes, shardings, compiled steps."""
+  config: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  tokenizer: Any
+  model_config: model_lib.ModelConfig
+  state_shardings: TrainState
+  abstract_state: TrainState  # ShapeDtypeStructs carrying their shardings
+  batch_sharding: jax.sharding.NamedSharding
+  init: Any
+  train_step: Any
+  eval_step: Any
+  meta: dict  # what a checkpoint must agree with
+
+
+def vocab_size_for(config, tokenizer) -> int:
+  if config.model.vocab_size:
+    if config.model.vocab_size < tokenizer.vocab_size:
+      raise ConfigError(f'config.model.vocab_size: {config.model.vocab_size} is smaller than '
+                        f'the tokenizer\'s {tokenizer.vocab_size} ids.')
+    return config.model.vocab_size
+  multiple = config.model.vocab_multiple
+  return -(-tokenizer.vocab_size // multiple) * multiple
+
+
+def build(config, mesh, tokenizer) -> Experiment:
+  """Shardings, the jitted init and the jitted train/eval steps (not yet compiled)."""
+  rules = config.logical_axis_rules
+  t = config.train
+  batch_ways = mesh.shape['data'] * mesh.shape['fsdp']
+  if (t.batch_size // t.microbatches) % batch_ways:
+    raise ConfigError(f'config.train.batch_size: each microbatch ({t.batch_size} / '
+                      f'{t.microbatches}) must split over the data x fsdp mesh axes '
+                      f'({batch_ways} ways).')
+  if t.batch_size % jax.process_count():
+    raise ConfigError(f'config.train.batch_size: {t.batch_size} does not split over '
+                      f'{jax.process_count()} processes.')
+
+  model_config = model_lib.ModelConfig.from_config(config.model, vocab_size_for(config, tokenizer))
+  graphdef, abstract_params, param_axes = model_lib.abstract_model(model_config)
+  param_sh = sharding.tree_shardings(mesh, rules, param_axes, abstract_params)
+  replicated = sharding.replicated(mesh)
+  optimizer, schedule = make_optimizer(t)
+  abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+  opt_sh = optax.tree_map_params(
+      optimizer, lambda _, s: s, abstract_opt, param_sh,
+      transform_non_params=lambda _: replicated,
+      is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))
+  state_sh = TrainState(step=replicated, params=param_sh, opt_state=opt_sh,
+                        ema_params=param_sh if t.ema_decay else {}, rng=replicated)
+
+  def init_fn(rng):
+    params = model_lib.init_params(model_config, jax.random.fold_in(jax.random.wrap_key_data(rng), 0))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=optimizer.init(params),
+                      ema_params=params if t.ema_decay else {}, rng=rng)
+
+  rng = jax.random.key_data(jax.random.key(config.seed))
+  abstract = jax.eval_shape(init_fn, rng)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, state_sh)
+
+  loss_fn = diffusion.make_loss_fn(model_lib.make_logits_fn(graphdef),
+                                   diffusion.schedule_from_config(config.diffusion),
+                                   tokenizer.mask_id, tokenizer.vocab_size)
+  batch_sh = sharding.named_sharding(mesh, rules, BATCH_AXES)
+  batch_tree = {'tokens': batch_sh, 'valid': batch_sh}
+  train_step = jax.jit(make_train_step(loss_fn, optimizer, schedule, t.microbatches, t.ema_decay),
+                       in_shardings=(state_sh, batch_tree), out_shardings=(state_sh, replicated),
+                       donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(loss_fn), in_shardings=(param_sh, batch_tree, replicated),
+                      out_shardings=replicated)
+  meta = {'model': dataclasses.asdict(model_config), 'tokenizer': config.data.tokenizer,
+          'mask_id': tokenizer.mask_id}
+  return Experiment(config, mesh, tokenizer, model_config, state_sh, abstract, batch_sh,
+                    jax.jit(lambda: init_fn(rng), out_shardings=state_sh), train_step,
+                    eval_step, meta)
+
+
+def global_batch(local: dict, batch_sharding) -> dict:
+  """This process's rows -> one global array per field, sharded over the batch axes."""
+  return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
+          for k, v in local.items()}
+
+
+class _Preemption:
+  """Turns SIGTERM (a TPU preemption, `kill`) into a flag the loop checks between steps."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM received: saving a checkpoint and stopping.')
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _log_memory(compiled, name):
+  try:
+    mem = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except  # not every backend reports it
+    mem = None
+  if mem is None:
+    logging.info('%s: no memory analysis on this backend', name)
+    return
+  gib = lambda b: b / 2**30
+  logging.info('%s memory per device: arguments %.3f GiB, outputs %.3f GiB, temporaries %.3f '
+               'GiB, generated code %.3f GiB', name, gib(mem.argument_size_in_bytes),
+               gib(mem.output_size_in_bytes), gib(mem.temp_size_in_bytes),
+               gib(mem.generated_code_size_in_bytes))
+
+
+def _check_finite(step, values, checkpointer):
+  for name in ('loss', 'grad_norm'):
+    if not math.isfinite(values[name]):
+      raise TrainingDiverged(
+          f'{name} is {values[name]} at step {step}; training stopped. The last good '
+          f'checkpoint is step {checkpointer.latest_step()} in {checkpointer.directory}.')
+
+
+def evaluate(exp: Experiment, params, batches: list[dict], seed: int) -> float:
+  """Validation NELBO in nats/token over fixed batches with fixed keys."""
+  key = jax.random.key(seed + 1)
+  nelbo, tokens = 0.0, 0
+  for i, batch in enumerate(batches):
+    n, c = exp.eval_step(params, global_batch(batch, exp.batch_sharding),
+                         jax.random.fold_in(key, i))
+    nelbo, tokens = nelbo + float(n), tokens + int(c)
+  return nelbo / max(tokens, 1)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (resuming from the latest checkpoint in workdir); returns a summary dict."""
+  config_lib.validate(config)
+  t = config.train
+  workdir = os.path.abspath(workdir)
+  mesh = sharding.make_mesh(config.mesh)
+  tokenizer = data_lib.make_tokenizer(config.data.tokenizer)
+  pidx, pcount = jax.process_index(), jax.process_count()
+  sources = data_lib.open_sources(
+      config.data, is_coordinator=pidx == 0,
+      barrier=lambda: multihost_utils.sync_global_devices('dllm_jax:data_prepared'))
+  local_batch = t.batch_size // max(pcount, 1)
+  train_ds = data_lib.train_dataset(sources['train'], tokenizer, seq_len=config.data.seq_len,
+                                    batch_size=local_batch, seed=config.data.shuffle_seed,
+                                    text_key=config.data.text_key, process_index=pidx,
+                                    process_count=pcount)
+  train_iter = iter(train_ds)
+  eval_data = data_lib.eval_batches(sources['eval'], tokenizer, seq_len=config.data.seq_len,
+                                    batch_size=local_batch, num_batches=t.eval_batches,
+                                    text_key=config.data.text_key, process_index=pidx,
+                                    process_count=pcount)
+  if pidx == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  with sharding.use_mesh(mesh, config.logical_axis_rules):
+    exp = build(config, mesh, tokenizer)
+    mc = exp.model_config
+    logging.info('model: %s; %.2fM parameters (%.2fM without the embedding)', mc,
+                 mc.num_params() / 1e6, mc.num_params(include_embedding=False) / 1e6)
+    abstract_batch = {k: jax.ShapeDtypeStruct((t.batch_size, config.data.seq_len), dt,
+                                              sharding=exp.batch_sharding)
+                      for k, dt in (('tokens', jnp.int32), ('valid', jnp.bool_))}
+    start = time.perf_counter()
+    train_step = exp.train_step.lower(exp.abstract_state, abstract_batch).compile()
+    logging.info('compiled the train step in %.1fs', time.perf_counter() - start)
+    _log_memory(train_step, 'train step')
+
+    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                         keep=t.keep_checkpoints,
+                                         async_save=t.async_checkpointing)
+    latest = checkpointer.latest_step()
+    if latest is None:
+      state = exp.init()
+      logging.info('initialised a new model')
+    else:
+      state = checkpointer.restore(latest, exp.abstract_state, train_iter, exp.meta)
+      logging.info('resumed from step %d in %s', latest, checkpointer.directory)
+    summary = _loop(exp, state, train_step, train_iter, eval_data, checkpointer, workdir)
+    checkpointer.close()
+  return summary
+
+
+def _loop(exp: Experiment, state, train_step, train_iter, eval_data, checkpointer, workdir):
+  config, t = exp.config, exp.config.train
+  start_step = int(state.step)
+  writer = metrics_lib.MetricWriter(workdir, t.num_steps, start_step, t.progress_bar)
+  flops_per_token = exp.model_config.flops_per_token(config.data.seq_len)
+  peak = metrics_lib.peak_flops_per_device(t.peak_flops_per_device)
+  tokens_per_step = t.batch_size * config.data.seq_len
+  losses, evals = {}, {}
+  interval_start, interval_steps = time.perf_counter(), 0
+
+  def collect(step, metrics) -> dict:
+    """Pulls a finished step's metrics; returns what to log at this step ({} if nothing)."""
+    nonlocal interval_start, interval_steps
+    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    _check_finite(step, values, checkpointer)
+    losses[step] = values['loss']
+    interval_steps += 1
+    writer.advance(step, values['loss'])
+    if step % t.log_every and step != t.num_steps:
+      return {}
+    values.update(metrics_lib.throughput(interval_steps, time.perf_counter() - interval_start,
+                                         tokens_per_step, flops_per_token, peak,
+                                         jax.device_count()))
+    values['device_memory_bytes'] = metrics_lib.device_memory_in_use()
+    interval_start, interval_steps = time.perf_counter(), 0
+    return values
+
+  with _Preemption() as preemption:
+    pending = None
+    step = start_step
+    while step < t.num_steps:
+      batch = global_batch(next(train_iter), exp.batch_sharding)
+      state, metrics = train_step(state, batch)  # dispatched; runs while we look at the last
+      step += 1
+      if pending is not None:
+        writer.write(pending[0], collect(*pending))
+      pending = (step, metrics)
+      # Every process must agree on the step to stop at: across hosts orbax syncs the notice.
+      stop = (preemption.requested if jax.process_count() == 1
+              else checkpointer.reached_preemption(step))
+      last = step == t.num_steps
+      do_eval = step % t.eval_every == 0 or last
+      do_save = step % t.checkpoint_every == 0 or stop or last
+      if do_eval or do_save:
+        values = collect(*pending)  # checked finite before anything is saved
+        pending = None
+        paused = time.perf_counter()
+        if do_eval:
+          evals[step] = evaluate(exp, state.params, eval_data, config.seed)
+          values.update(_eval_report(exp, state, eval_data, evals[step]))
+        writer.write(step, values)
+        if do_save:
+          checkpointer.save(step, state, train_iter, exp.meta)
+        interval_start += time.perf_counter() - paused
+        if stop:
+          logging.warning('stopped at step %d after a preemption notice; checkpoint saved', step)
+          break
+    checkpointer.wait()
+  writer.close()
+  return {'start_step': start_step, 'step': step, 'losses': losses, 'eval_nelbo': evals,
+          'preempted': step < t.num_steps}
+
+
+def _eval_report(exp, state, eval_data, nats) -> dict:
+  report = {'eval_nelbo_nats': nats, 'eval_bits_per_token': nats / diffusion.LN2,
+            'eval_perplexity_bound': diffusion.report(nats)['perplexity_bound']}
+  if exp.config.train.ema_decay:
+    report['eval_ema_bits_per_token'] = evaluate(exp, state.ema_params, eval_data,
+                                                 exp.config.seed) / diffusion.LN2
+  return report
