@@ -162,7 +162,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       'train.learning_rate', 'train.log_every', 'train.eval_every', 'train.eval_batches',
       'train.checkpoint_every', 'train.keep_checkpoints'])
   if m.n_heads % m.n_kv_heads:
-    _fail('model.n_kv_heads', f'{m.n_kv_heads} must divide model.n_heads={m.n_heads}.')
+    _fail('model.n_kv_heads', f'must divide model.n_heads={m.n_heads}, got {m.n_kv_heads}.')
   if not m.head_dim and m.d_model % m.n_heads:
     _fail('model.head_dim', f'is 0 (d_model // n_heads) but d_model={m.d_model} is not '
           f'divisible by n_heads={m.n_heads}; set it explicitly.')
@@ -175,9 +175,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not 0 < d.validation_fraction < 1:
     _fail('data.validation_fraction', f'must be in (0, 1), got {d.validation_fraction}.')
   if t.batch_size % t.microbatches:
-    _fail('train.microbatches', f'{t.microbatches} must divide train.batch_size={t.batch_size}.')
+    _fail('train.microbatches', f'must divide train.batch_size={t.batch_size}, got '
+          f'{t.microbatches}.')
   if not 0 <= t.warmup_steps <= t.num_steps:
-    _fail('train.warmup_steps', f'must be in [0, train.num_steps={t.num_steps}].')
+    _fail('train.warmup_steps', f'must be in [0, train.num_steps={t.num_steps}], got '
+          f'{t.warmup_steps}.')
   if not 0 <= t.ema_decay < 1:
     _fail('train.ema_decay', f'must be in [0, 1), got {t.ema_decay}.')
   if not 0 <= t.min_lr_ratio <= 1:

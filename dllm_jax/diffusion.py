@@ -12,7 +12,8 @@ alpha in [eps, 1 - eps] as in MD4, which leaves two small end terms that are add
 form: `prior` (the ~eps of tokens still unmasked at t=1, against a prior that draws those
 uniformly: alpha(1) log V per token) and `recon` (the ~eps of tokens masked at t=0, charged
 at the uniform cost log V: (1 - alpha(0)) log V per token). For a model that predicts
-uniformly over the V non-mask tokens the bound is exactly log V per token.
+uniformly over the V data tokens (the mask is never predicted) the bound is exactly log V
+per token.
 
 This module never looks inside the network: it takes a pure `logits_fn(params, tokens,
 attention_mask)`.
@@ -81,22 +82,35 @@ def corrupt(key: Array, tokens_BxL: Array, valid_BxL: Array, alpha_B: Array,
   return jnp.where(masked_BxL, mask_id, tokens_BxL), masked_BxL
 
 
-def cross_entropy(logits_BxLxV: Array, targets_BxL: Array, mask_id: int) -> Array:
-  """-log p(target) in float32 with the mask token's logit removed (it is never data)."""
-  logits = logits_BxLxV.astype(jnp.float32)
-  never = jnp.arange(logits.shape[-1]) == mask_id
-  logits = jnp.where(never, -jnp.inf, logits)
+def predictable(num_logits: int, mask_id: int, data_vocab_size: int) -> Array:
+  """Which logits may be predicted: data ids, never the mask or ids past the tokenizer's."""
+  ids = jnp.arange(num_logits)
+  return (ids != mask_id) & (ids < data_vocab_size)
+
+
+def num_classes(mask_id: int, data_vocab_size: int) -> int:
+  return data_vocab_size - (mask_id < data_vocab_size)
+
+
+def cross_entropy(logits_BxLxV: Array, targets_BxL: Array, mask_id: int,
+                  data_vocab_size: int) -> Array:
+  """-log p(target) in float32 over the predictable ids only."""
+  allowed_V = predictable(logits_BxLxV.shape[-1], mask_id, data_vocab_size)
+  logits = jnp.where(allowed_V[None, None, :], logits_BxLxV.astype(jnp.float32), -jnp.inf)
   target_logit = jnp.take_along_axis(logits, targets_BxL[..., None], axis=-1)[..., 0]
   return jax.nn.logsumexp(logits, axis=-1) - target_logit
 
 
-def make_loss_fn(logits_fn: Callable, schedule: Schedule, mask_id: int, vocab_size: int):
+def make_loss_fn(logits_fn: Callable, schedule: Schedule, mask_id: int, data_vocab_size: int):
   """Returns `loss_fn(params, batch, key) -> (nelbo nats/token, aux)`.
+
+  `data_vocab_size` is the tokenizer's: the network may have more logits (its vocabulary
+  rounded up for sharding), which are never predicted, like the mask.
 
   `batch` has 'tokens' [B, L] int32 and 'valid' [B, L] (0 for padding). aux holds the sums
   needed to combine microbatches or hosts exactly: 'nelbo_sum' (nats) and 'num_tokens'.
   """
-  end_terms = schedule.end_terms_per_token(vocab_size - 1)
+  end_terms = schedule.end_terms_per_token(num_classes(mask_id, data_vocab_size))
 
   def loss_fn(params, batch, key):
     tokens_BxL = batch['tokens']
@@ -105,7 +119,7 @@ def make_loss_fn(logits_fn: Callable, schedule: Schedule, mask_id: int, vocab_si
     t_B = antithetic_times(t_key, tokens_BxL.shape[0])
     xt_BxL, masked_BxL = corrupt(mask_key, tokens_BxL, valid_BxL, schedule.alpha(t_B), mask_id)
     logits_BxLxV = logits_fn(params, xt_BxL, valid_BxL)
-    ce_BxL = jnp.where(masked_BxL, cross_entropy(logits_BxLxV, tokens_BxL, mask_id), 0.0)
+    ce_BxL = jnp.where(masked_BxL, cross_entropy(logits_BxLxV, tokens_BxL, mask_id, data_vocab_size), 0.0)
     num_tokens = valid_BxL.sum()
     nelbo_sum = jnp.sum(schedule.weight(t_B) * ce_BxL.sum(axis=1)) + end_terms * num_tokens
     loss = nelbo_sum / jnp.maximum(num_tokens, 1)

@@ -78,14 +78,14 @@ class ModelConfig:
 def _param(key, shape, axes, std, dtype):
   value = std * jax.random.normal(key, shape, dtype) if std else jnp.ones(shape, dtype)
   # Sharding is decided by sharding.py from the names, not eagerly by Flax.
-  return nnx.Param(value, sharding_names=axes, eager_sharding=False)
+  return nnx.Param(value, out_sharding=axes, eager_sharding=False)
 
 
 def rms_norm(x: Array, scale: Array, eps: float) -> Array:
   """LLaDA's RMSNorm: normalise in float32, cast back, then scale."""
   x32 = x.astype(jnp.float32)
   x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-  return x32.astype(x.dtype) * scale.astype(x.dtype)
+  return x32.astype(x.dtype) * scale.astype(x.dtype)[None, None, :]
 
 
 def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[Array, Array]:

@@ -107,7 +107,7 @@ def make_train_step(loss_fn, optimizer, schedule, microbatches: int, ema_decay: 
       ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
     loss = nelbo_sum / total_tokens
     metrics = {'loss': loss, 'bits_per_token': loss / diffusion.LN2,
-               'grad_norm': optax.global_norm(grads), 'learning_rate': schedule(state.step),
+               'grad_norm': optax.tree.norm(grads), 'learning_rate': schedule(state.step),
                'masked_fraction': masked / total_tokens}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                          ema_params=ema), metrics
@@ -196,7 +196,9 @@ def build(config, mesh, tokenizer) -> Experiment:
   eval_step = jax.jit(make_eval_step(loss_fn), in_shardings=(param_sh, batch_tree, replicated),
                       out_shardings=replicated)
   meta = {'model': dataclasses.asdict(model_config), 'tokenizer': config.data.tokenizer,
-          'mask_id': tokenizer.mask_id}
+          'mask_id': tokenizer.mask_id,
+          # These two change the optimizer state's structure.
+          'gradient_clipping': t.grad_clip > 0, 'ema': t.ema_decay > 0}
   return Experiment(config, mesh, tokenizer, model_config, state_sh, abstract, batch_sh,
                     jax.jit(lambda: init_fn(rng), out_shardings=state_sh), train_step,
                     eval_step, meta)
@@ -264,23 +266,25 @@ def evaluate(exp: Experiment, params, batches: list[dict], seed: int) -> float:
   return nelbo / max(tokens, 1)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (resuming from the latest checkpoint in workdir); returns a summary dict."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
+  """Trains (resuming from the latest checkpoint in workdir); returns a summary dict.
+
+  `devices` (default: all) are the devices the config's mesh is laid over.
+  """
   config_lib.validate(config)
   t = config.train
   workdir = os.path.abspath(workdir)
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh, devices)
   tokenizer = data_lib.make_tokenizer(config.data.tokenizer)
   pidx, pcount = jax.process_index(), jax.process_count()
   sources = data_lib.open_sources(
       config.data, is_coordinator=pidx == 0,
       barrier=lambda: multihost_utils.sync_global_devices('dllm_jax:data_prepared'))
   local_batch = t.batch_size // max(pcount, 1)
-  train_ds = data_lib.train_dataset(sources['train'], tokenizer, seq_len=config.data.seq_len,
-                                    batch_size=local_batch, seed=config.data.shuffle_seed,
-                                    text_key=config.data.text_key, process_index=pidx,
-                                    process_count=pcount)
-  train_iter = iter(train_ds)
+  train_iter = data_lib.train_iterator(
+      sources['train'], tokenizer, seq_len=config.data.seq_len, batch_size=local_batch,
+      seed=config.data.shuffle_seed, text_key=config.data.text_key, process_index=pidx,
+      process_count=pcount)
   eval_data = data_lib.eval_batches(sources['eval'], tokenizer, seq_len=config.data.seq_len,
                                     batch_size=local_batch, num_batches=t.eval_batches,
                                     text_key=config.data.text_key, process_index=pidx,
@@ -303,18 +307,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info('compiled the train step in %.1fs', time.perf_counter() - start)
     _log_memory(train_step, 'train step')
 
-    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
-                                         keep=t.keep_checkpoints,
-                                         async_save=t.async_checkpointing)
-    latest = checkpointer.latest_step()
-    if latest is None:
-      state = exp.init()
-      logging.info('initialised a new model')
-    else:
-      state = checkpointer.restore(latest, exp.abstract_state, train_iter, exp.meta)
-      logging.info('resumed from step %d in %s', latest, checkpointer.directory)
-    summary = _loop(exp, state, train_step, train_iter, eval_data, checkpointer, workdir)
-    checkpointer.close()
+    with ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=t.keep_checkpoints,
+                               async_save=t.async_checkpointing) as checkpointer:
+      latest = checkpointer.latest_step()
+      if latest is None:
+        state = exp.init()
+        logging.info('initialised a new model')
+      else:
+        state = checkpointer.restore(latest, exp.abstract_state, train_iter, exp.meta)
+        logging.info('resumed from step %d in %s', latest, checkpointer.directory)
+      summary = _loop(exp, state, train_step, train_iter, eval_data, checkpointer, workdir)
   return summary
 
 

@@ -42,15 +42,42 @@ def _pack(docs, seq_len, pad_id):
   return packed.map(finish)
 
 
-def train_dataset(source, tokenizer, *, seq_len: int, batch_size: int, seed: int,
-                  text_key: str = 'text', process_index: int = 0,
-                  process_count: int = 1) -> grain.IterDataset:
+class _JsonRestorable(grain.DatasetIterator):
+  """Accepts iterator states that went through JSON, as orbax stores them.
+
+  grain's concat-then-split packer compares its saved remainder slices with a tuple; JSON
+  hands back lists, and the restored stream would silently skip rows. Turn them back.
+  """
+
+  def __init__(self, parent: grain.DatasetIterator):
+    super().__init__(parent)
+
+  def __next__(self):
+    return next(self._parent)
+
+  def get_state(self):
+    return self._parent.get_state()
+
+  def set_state(self, state):
+    self._parent.set_state(_tuple_slices(state))
+
+
+def _tuple_slices(state):
+  if not isinstance(state, dict):
+    return state
+  return {k: ({f: tuple(v) for f, v in value.items()} if k == 'remainder_slices'
+              else _tuple_slices(value)) for k, value in state.items()}
+
+
+def train_iterator(source, tokenizer, *, seq_len: int, batch_size: int, seed: int,
+                   text_key: str = 'text', process_index: int = 0,
+                   process_count: int = 1) -> grain.DatasetIterator:
   """An endless, shuffled stream of this process's batches (`batch_size` rows each)."""
   docs = _documents(source, tokenizer, text_key, process_index, process_count, seed)
   rows = _pack(docs, seq_len, tokenizer.pad_id)
   rows = grain.experimental.WindowShuffleIterDataset(rows, window_size=ROW_SHUFFLE_WINDOW,
                                                      seed=seed + 1)
-  return rows.batch(batch_size, drop_remainder=True)
+  return _JsonRestorable(iter(rows.batch(batch_size, drop_remainder=True)))
 
 
 def eval_batches(source, tokenizer, *, seq_len: int, batch_size: int, num_batches: int,

@@ -102,36 +102,42 @@ def _online(hosts=('storage.googleapis.com', 'www.tensorflow.org'), timeout=3.0)
   return False
 
 
-def _prepare(builder, is_coordinator: bool, barrier) -> None:
+def _prepare(make_builder, is_coordinator: bool, barrier):
   """Prepares on process 0 first, then elsewhere (a no-op on a shared filesystem)."""
-  if is_coordinator and not builder.is_prepared():
-    builder.download_and_prepare()
+  if is_coordinator:
+    builder = make_builder()
+    if not builder.is_prepared():
+      builder.download_and_prepare()
   barrier()
+  builder = make_builder()  # anew: a builder made before preparation does not see it
   if not builder.is_prepared():
     builder.download_and_prepare()
+  return builder
 
 
 def open_sources(data_config, is_coordinator: bool = True, barrier=lambda: None) -> dict:
   """{'train': source, 'eval': source}: random-access sources of {'text': ...} records."""
   data_dir = os.path.expanduser(data_config.data_dir or DEFAULT_DATA_DIR)
   if data_config.source == 'text_files':
-    builder = TextFiles(files=resolve_files(data_config.files),
-                        validation_fraction=data_config.validation_fraction,
-                        data_dir=data_dir, file_format='array_record')
+    files = resolve_files(data_config.files)
+    make_builder = lambda: TextFiles(files=files,
+                                     validation_fraction=data_config.validation_fraction,
+                                     data_dir=data_dir, file_format='array_record')
     splits = {'train': 'train', 'eval': 'validation'}
   else:
     name = data_config.tfds_name
+    make_builder = lambda: tfds.builder(name, data_dir=data_dir, file_format='array_record')
     try:
-      builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
+      prepared = make_builder().is_prepared()
     except tfds.core.registered.DatasetNotFoundError as e:
       raise DataError(f'config.data.tfds_name: TFDS has no dataset {name!r}.') from e
-    if not builder.is_prepared() and not _online():
+    if not prepared and not _online():
       raise DataError(
           f'TFDS dataset {name!r} is not prepared in {data_dir} and this machine is offline; '
           "prepare it on a machine with internet, or set config.data.source='text_files' and "
           'config.data.files to a glob of local text files.')
     splits = {'train': data_config.train_split, 'eval': data_config.eval_split}
-  _prepare(builder, is_coordinator, barrier)
+  builder = _prepare(make_builder, is_coordinator, barrier)
   sources = {}
   for role, split in splits.items():
     if split not in builder.info.splits:

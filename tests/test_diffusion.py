@@ -1,0 +1,117 @@
+"""The masked-diffusion math: schedules, corruption and the continuous-time ELBO."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dllm_jax import diffusion
+from dllm_jax import model as model_lib
+
+SCHEDULES = [diffusion.Schedule('linear'), diffusion.Schedule('cosine'),
+             diffusion.Schedule('polynomial', power=2.0), diffusion.Schedule('polynomial', 3.0)]
+NUM_LOGITS, DATA_VOCAB, MASK_ID = 16, 12, 11  # 11 predictable classes, 4 padded logits
+
+
+@pytest.mark.parametrize('schedule', SCHEDULES, ids=lambda s: f'{s.kind}{s.power}')
+def test_alpha_is_clipped_and_monotone(schedule):
+  t = jnp.linspace(0.0, 1.0, 101)
+  alpha = schedule.alpha(t)
+  np.testing.assert_allclose([alpha[0], alpha[-1]], [1 - schedule.eps, schedule.eps], atol=1e-7)
+  assert np.all(np.diff(np.asarray(alpha)) <= 0)
+
+
+@pytest.mark.parametrize('schedule', SCHEDULES, ids=lambda s: f'{s.kind}{s.power}')
+def test_weight_matches_finite_difference(schedule):
+  t = np.linspace(0.1, 0.95, 18)
+  h = 1e-3  # alpha is float32: a smaller step drowns in rounding
+  a = lambda x: np.asarray(schedule.alpha(x), np.float64)
+  fd = (a(t + h) - a(t - h)) / (2 * h)
+  np.testing.assert_allclose(schedule.dalpha(t), fd, rtol=2e-3, atol=2e-3)
+  np.testing.assert_allclose(schedule.weight(t), -fd / (1 - a(t)), rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize('schedule', SCHEDULES, ids=lambda s: f'{s.kind}{s.power}')
+def test_uniform_model_bound_is_log_v_in_closed_form(schedule):
+  """E_t[w(t) * P(masked)] log V + end terms = log V: the integral done by quadrature."""
+  t = (np.arange(200_000) + 0.5) / 200_000
+  expected_masked_weight = np.mean(np.asarray(schedule.weight(t) * (1 - schedule.alpha(t))))
+  log_v = math.log(diffusion.num_classes(MASK_ID, DATA_VOCAB))
+  total = expected_masked_weight * log_v + schedule.end_terms_per_token(11)
+  np.testing.assert_allclose(total, log_v, rtol=1e-4)
+
+
+def uniform_logits_fn(params, tokens_BxL, attention_mask_BxL=None):
+  del params, attention_mask_BxL
+  return jnp.zeros(tokens_BxL.shape + (NUM_LOGITS,))
+
+
+@pytest.mark.parametrize('schedule', SCHEDULES[:3], ids=lambda s: s.kind)
+def test_uniform_model_estimator_mean_is_log_v(schedule):
+  loss_fn = jax.jit(diffusion.make_loss_fn(uniform_logits_fn, schedule, MASK_ID, DATA_VOCAB))
+  tokens = jax.random.randint(jax.random.key(0), (8, 64), 0, DATA_VOCAB - 1)
+  batch = {'tokens': tokens, 'valid': jnp.ones_like(tokens, bool)}
+  draws = np.array([float(loss_fn(None, batch, jax.random.key(i))[0]) for i in range(400)])
+  log_v = math.log(DATA_VOCAB - 1)
+  stderr = draws.std() / math.sqrt(len(draws))
+  assert abs(draws.mean() - log_v) < 4 * stderr + 1e-6, (draws.mean(), log_v, stderr)
+  assert abs(draws.mean() - log_v) < 0.02 * log_v
+
+
+def test_antithetic_times_cover_the_unit_interval_evenly():
+  for seed in range(5):
+    t = np.asarray(diffusion.antithetic_times(jax.random.key(seed), 16))
+    assert np.all((t >= 0) & (t < 1))
+    np.testing.assert_array_equal(np.sort(np.floor(t * 16)), np.arange(16))
+
+
+def test_corruption_rate_and_padding():
+  tokens = jnp.full((4, 20_000), 5)
+  valid = jnp.arange(20_000)[None, :].repeat(4, 0) < 15_000
+  alpha = jnp.array([0.9, 0.5, 0.2, 0.0])
+  xt, masked = diffusion.corrupt(jax.random.key(0), tokens, valid, alpha, MASK_ID)
+  rate = np.asarray(masked[:, :15_000].mean(axis=1))
+  np.testing.assert_allclose(rate, 1 - np.asarray(alpha), atol=0.015)
+  assert not np.any(np.asarray(masked[:, 15_000:]))
+  np.testing.assert_array_equal(xt == MASK_ID, masked)
+
+
+def test_mask_and_padded_logits_are_never_predicted():
+  logits = jax.random.normal(jax.random.key(0), (2, 5, NUM_LOGITS))
+  targets = jax.random.randint(jax.random.key(1), (2, 5), 0, DATA_VOCAB - 1)
+  base = diffusion.cross_entropy(logits, targets, MASK_ID, DATA_VOCAB)
+  boosted = logits.at[..., MASK_ID].set(50.0).at[..., DATA_VOCAB:].set(50.0)
+  np.testing.assert_allclose(diffusion.cross_entropy(boosted, targets, MASK_ID, DATA_VOCAB), base,
+                             rtol=1e-6)
+  grad = jax.grad(lambda z: diffusion.cross_entropy(z, targets, MASK_ID, DATA_VOCAB).sum())(logits)
+  np.testing.assert_array_equal(grad[..., MASK_ID], 0.0)
+  np.testing.assert_array_equal(grad[..., DATA_VOCAB:], 0.0)
+  reference = -jax.nn.log_softmax(logits[..., :MASK_ID], axis=-1)
+  np.testing.assert_allclose(base, jnp.take_along_axis(reference, targets[..., None], -1)[..., 0],
+                             rtol=1e-5)
+
+
+def test_padding_never_changes_the_loss():
+  cfg = model_lib.ModelConfig(vocab_size=NUM_LOGITS, d_model=16, n_layers=1, n_heads=2,
+                              n_kv_heads=2, head_dim=8, mlp_dim=32)
+  params = model_lib.init_params(cfg, jax.random.key(0))
+  graphdef = model_lib.abstract_model(cfg)[0]
+  loss_fn = jax.jit(diffusion.make_loss_fn(model_lib.make_logits_fn(graphdef),
+                                           diffusion.Schedule('linear'), MASK_ID, DATA_VOCAB))
+  tokens = jax.random.randint(jax.random.key(1), (4, 24), 0, DATA_VOCAB - 1)
+  valid = jnp.arange(24)[None, :] < jnp.array([24, 20, 10, 3])[:, None]
+  batch = {'tokens': tokens, 'valid': valid}
+  other = {'tokens': jnp.where(valid, tokens, 7), 'valid': valid}
+  key = jax.random.key(2)
+  (loss_a, aux_a), (loss_b, aux_b) = loss_fn(params, batch, key), loss_fn(params, other, key)
+  np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
+  assert int(aux_a['num_tokens']) == int(valid.sum())
+  np.testing.assert_allclose(aux_a['nelbo_sum'], aux_b['nelbo_sum'], rtol=1e-6)
+
+
+def test_report_units():
+  r = diffusion.report(math.log(256))
+  np.testing.assert_allclose(r['bits_per_token'], 8.0)
+  np.testing.assert_allclose(r['perplexity_bound'], 256.0)
