@@ -19,9 +19,9 @@ from dllm_jax.config import base_config
 def get_config(variant: str = 'small'):
   c = base_config()
   c.model.update(d_model=256, n_layers=4, n_heads=4, n_kv_heads=4, mlp_dim=768)
-  c.data.seq_len = 256
-  c.train.update(batch_size=32, num_steps=1200, learning_rate=2e-3, warmup_steps=100,
-                 log_every=20, eval_every=300, eval_batches=8, checkpoint_every=600)
+  c.data.seq_len = 128
+  c.train.update(batch_size=32, num_steps=900, learning_rate=2e-3, warmup_steps=100,
+                 log_every=25, eval_every=300, eval_batches=16, checkpoint_every=300)
   if variant == 'tiny':
     c.model.update(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, mlp_dim=128,
                    vocab_multiple=8)

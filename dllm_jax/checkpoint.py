@@ -46,7 +46,8 @@ class Checkpointer:
 
   def read_meta(self, step: int) -> dict:
     try:
-      return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+      args = ocp.args.Composite(meta=ocp.args.JsonRestore())
+      return self._manager.restore(step, args=args)['meta']
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(self._unreadable(step, e)) from e
 
@@ -59,7 +60,8 @@ class Checkpointer:
     saved = self.read_meta(step)
     diff = {k: (saved.get(k), v) for k, v in meta.items() if saved.get(k) != v}
     if diff:
-      lines = '; '.join(f'{k}: checkpoint has {a!r}, config has {b!r}' for k, (a, b) in diff.items())
+      lines = '; '.join(f'{k}: checkpoint has {a!r}, config has {b!r}'
+                        for k, (a, b) in diff.items())
       raise CheckpointError(f'checkpoint {step} in {self.directory} does not fit the config '
                             f'({lines}); use another --workdir or the same config.')
     try:

@@ -119,7 +119,8 @@ def make_loss_fn(logits_fn: Callable, schedule: Schedule, mask_id: int, data_voc
     t_B = antithetic_times(t_key, tokens_BxL.shape[0])
     xt_BxL, masked_BxL = corrupt(mask_key, tokens_BxL, valid_BxL, schedule.alpha(t_B), mask_id)
     logits_BxLxV = logits_fn(params, xt_BxL, valid_BxL)
-    ce_BxL = jnp.where(masked_BxL, cross_entropy(logits_BxLxV, tokens_BxL, mask_id, data_vocab_size), 0.0)
+    ce_BxL = cross_entropy(logits_BxLxV, tokens_BxL, mask_id, data_vocab_size)
+    ce_BxL = jnp.where(masked_BxL, ce_BxL, 0.0)
     num_tokens = valid_BxL.sum()
     nelbo_sum = jnp.sum(schedule.weight(t_B) * ce_BxL.sum(axis=1)) + end_terms * num_tokens
     loss = nelbo_sum / jnp.maximum(num_tokens, 1)

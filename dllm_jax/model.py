@@ -75,10 +75,17 @@ class ModelConfig:
     return (3 if training else 1) * (matmul + attention)
 
 
-def _param(key, shape, axes, std, dtype):
-  value = std * jax.random.normal(key, shape, dtype) if std else jnp.ones(shape, dtype)
-  # Sharding is decided by sharding.py from the names, not eagerly by Flax.
+def _param(value, axes):
+  # Sharding is decided by sharding.py from the logical names, not eagerly by Flax.
   return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+def _normal(key, shape, axes, std, dtype):
+  return _param(std * jax.random.normal(key, shape, dtype), axes)
+
+
+def _ones(shape, axes, dtype):
+  return _param(jnp.ones(shape, dtype), axes)
 
 
 def rms_norm(x: Array, scale: Array, eps: float) -> Array:
@@ -112,15 +119,16 @@ class Block(nnx.Module):
     d, h, k, hd, f = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.mlp_dim
     std, out_std = cfg.init_std, cfg.init_std / (2 * cfg.n_layers) ** 0.5
     dt = jnp.dtype(cfg.param_dtype)
-    self.attn_norm = _param(None, (d,), ('norm',), 0.0, dt)
-    self.q_proj = _param(rngs.params(), (d, h, hd), ('embed', 'heads', 'head_dim'), std, dt)
-    self.k_proj = _param(rngs.params(), (d, k, hd), ('embed', 'kv_heads', 'head_dim'), std, dt)
-    self.v_proj = _param(rngs.params(), (d, k, hd), ('embed', 'kv_heads', 'head_dim'), std, dt)
-    self.attn_out = _param(rngs.params(), (h, hd, d), ('heads', 'head_dim', 'embed'), out_std, dt)
-    self.ff_norm = _param(None, (d,), ('norm',), 0.0, dt)
-    self.ff_proj = _param(rngs.params(), (d, f), ('embed', 'mlp'), std, dt)
-    self.up_proj = _param(rngs.params(), (d, f), ('embed', 'mlp'), std, dt)
-    self.ff_out = _param(rngs.params(), (f, d), ('mlp', 'embed'), out_std, dt)
+    self.attn_norm = _ones((d,), ('norm',), dt)
+    self.q_proj = _normal(rngs.params(), (d, h, hd), ('embed', 'heads', 'head_dim'), std, dt)
+    self.k_proj = _normal(rngs.params(), (d, k, hd), ('embed', 'kv_heads', 'head_dim'), std, dt)
+    self.v_proj = _normal(rngs.params(), (d, k, hd), ('embed', 'kv_heads', 'head_dim'), std, dt)
+    self.attn_out = _normal(rngs.params(), (h, hd, d), ('heads', 'head_dim', 'embed'), out_std,
+                            dt)
+    self.ff_norm = _ones((d,), ('norm',), dt)
+    self.ff_proj = _normal(rngs.params(), (d, f), ('embed', 'mlp'), std, dt)
+    self.up_proj = _normal(rngs.params(), (d, f), ('embed', 'mlp'), std, dt)
+    self.ff_out = _normal(rngs.params(), (f, d), ('mlp', 'embed'), out_std, dt)
 
   def __call__(self, x_BxLxD: Array, cos_LxH: Array, sin_LxH: Array,
                mask_Bx1x1xL: Array | None) -> Array:
@@ -156,8 +164,8 @@ class Transformer(nnx.Module):
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     self.cfg = cfg
     dt = jnp.dtype(cfg.param_dtype)
-    self.wte = _param(rngs.params(), (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'),
-                      cfg.init_std, dt)
+    self.wte = _normal(rngs.params(), (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'),
+                       cfg.init_std, dt)
 
     @nnx.split_rngs(splits=cfg.n_layers)
     @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: 'layers'})
@@ -165,14 +173,17 @@ class Transformer(nnx.Module):
       return Block(cfg, rngs)
 
     self.blocks = make_blocks(rngs)
-    self.ln_f = _param(None, (cfg.d_model,), ('norm',), 0.0, dt)
-    self.lm_head = _param(rngs.params(), (cfg.d_model, cfg.vocab_size), ('embed', 'vocab'),
-                          cfg.init_std, dt)
+    self.ln_f = _ones((cfg.d_model,), ('norm',), dt)
+    self.lm_head = _normal(rngs.params(), (cfg.d_model, cfg.vocab_size), ('embed', 'vocab'),
+                           cfg.init_std, dt)
 
   def __call__(self, tokens_BxL: Array, attention_mask_BxL: Array | None = None) -> Array:
     cfg = self.cfg
     dt = jnp.dtype(cfg.dtype)
-    x_BxLxD = jnp.take(self.wte[...], tokens_BxL, axis=0).astype(dt)
+    # Gather the FSDP-sharded embedding dim first (as FSDP does for every weight); a lookup
+    # into a table sharded along 'embed' cannot be resharded to batch-sharded rows cheaply.
+    table_VxD = sharding.constrain(self.wte[...], ('vocab', None))
+    x_BxLxD = jnp.take(table_VxD, tokens_BxL, axis=0).astype(dt)
     x_BxLxD = sharding.constrain(x_BxLxD, BATCH_LENGTH_EMBED)
     cos_LxH, sin_LxH = rope_tables(tokens_BxL.shape[1], cfg.head_dim, cfg.rope_theta)
     mask = None

@@ -175,7 +175,8 @@ def build(config, mesh, tokenizer) -> Experiment:
                         ema_params=param_sh if t.ema_decay else {}, rng=replicated)
 
   def init_fn(rng):
-    params = model_lib.init_params(model_config, jax.random.fold_in(jax.random.wrap_key_data(rng), 0))
+    key = jax.random.fold_in(jax.random.wrap_key_data(rng), 0)
+    params = model_lib.init_params(model_config, key)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=optimizer.init(params),
                       ema_params=params if t.ema_decay else {}, rng=rng)
@@ -280,15 +281,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   sources = data_lib.open_sources(
       config.data, is_coordinator=pidx == 0,
       barrier=lambda: multihost_utils.sync_global_devices('dllm_jax:data_prepared'))
-  local_batch = t.batch_size // max(pcount, 1)
-  train_iter = data_lib.train_iterator(
-      sources['train'], tokenizer, seq_len=config.data.seq_len, batch_size=local_batch,
-      seed=config.data.shuffle_seed, text_key=config.data.text_key, process_index=pidx,
-      process_count=pcount)
-  eval_data = data_lib.eval_batches(sources['eval'], tokenizer, seq_len=config.data.seq_len,
-                                    batch_size=local_batch, num_batches=t.eval_batches,
-                                    text_key=config.data.text_key, process_index=pidx,
-                                    process_count=pcount)
+  streams = {role: data_lib.token_stream(split.records, tokenizer, split.cache_dir,
+                                         text_key=config.data.text_key, process_index=pidx,
+                                         process_count=pcount)
+             for role, split in sources.items()}
+  local_batch = t.batch_size // pcount
+  train_iter = data_lib.train_iterator(streams['train'], tokenizer, seq_len=config.data.seq_len,
+                                       batch_size=local_batch, seed=config.data.shuffle_seed)
+  eval_data = data_lib.eval_batches(streams['eval'], tokenizer, seq_len=config.data.seq_len,
+                                    batch_size=local_batch, num_batches=t.eval_batches)
   if pidx == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:

@@ -74,8 +74,8 @@ def test_missing_tokenizer_file_is_a_clear_error(tmp_path):
 
 def test_text_files_splits_every_file_into_train_head_and_validation_tail(splits, corpus_dir):
   files = sorted(glob.glob(os.path.join(corpus_dir, '*')))
-  train = {r['path'].decode(): r['text'].decode() for r in splits['train']}
-  valid = {r['path'].decode(): r['text'].decode() for r in splits['eval']}
+  train = {r['path'].decode(): r['text'].decode() for r in splits['train'].records}
+  valid = {r['path'].decode(): r['text'].decode() for r in splits['eval'].records}
   assert set(train) == set(files) == set(valid)
   for path in files:
     with open(path, encoding='utf-8') as f:
@@ -103,14 +103,29 @@ def test_named_tfds_dataset_offline_says_so(monkeypatch, tfds_dir):
     data.open_sources(data_config('', tfds_dir, source='tfds', tfds_name='not_a_dataset_xyz'))
 
 
+def stream(split, tok=data.ByteTokenizer(), **kw):
+  return data.token_stream(split.records, tok, split.cache_dir, **kw)
+
+
 def _take(it, n):
   return [next(it) for _ in range(n)]
 
 
+def test_token_stream_joins_documents_with_eos_and_is_cached(splits):
+  tok = data.ByteTokenizer()
+  tokens = stream(splits['eval'])
+  expected = np.concatenate([np.append(tok.encode(r['text']), tok.eos_id)
+                             for r in splits['eval'].records])
+  np.testing.assert_array_equal(tokens, expected)
+  cached = [f for f in os.listdir(splits['eval'].cache_dir) if f.startswith('bytes-0of1')]
+  assert len(cached) == 1 and tokens.dtype == np.uint16
+  np.testing.assert_array_equal(stream(splits['eval']), expected)  # read back from the cache
+
+
 def test_training_stream_is_deterministic_given_the_seed(splits):
   tok = data.ByteTokenizer()
-  make = lambda seed: data.train_iterator(splits['train'], tok, seq_len=64, batch_size=4,
-                                         seed=seed)
+  make = lambda seed: data.train_iterator(stream(splits['train']), tok, seq_len=64,
+                                          batch_size=4, seed=seed)
   a, b, c = _take(make(0), 5), _take(make(0), 5), _take(make(1), 5)
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x['tokens'], y['tokens'])
@@ -119,14 +134,24 @@ def test_training_stream_is_deterministic_given_the_seed(splits):
   assert all(x['valid'].all() for x in a)  # packed rows carry no padding
 
 
+def test_rows_are_shuffled_across_the_whole_split(splits):
+  """One batch mixes rows from all over the stream, not from a few neighbouring files."""
+  tokens = np.asarray(stream(splits['train']))
+  rows = tokens[:len(tokens) // 64 * 64].reshape(-1, 64)
+  batch = next(data.train_iterator(stream(splits['train']), data.ByteTokenizer(), seq_len=64,
+                                   batch_size=16, seed=0))['tokens']
+  where = sorted(int(np.flatnonzero((rows == r).all(axis=1))[0]) for r in batch)
+  assert where[-1] - where[0] > len(rows) // 2
+
+
 def test_iterator_state_resumes_the_stream_after_a_json_round_trip(splits):
   tok = data.ByteTokenizer()
-  make = lambda: data.train_iterator(splits['train'], tok, seq_len=64, batch_size=4, seed=0)
+  make = lambda: data.train_iterator(stream(splits['train']), tok, seq_len=64, batch_size=4,
+                                     seed=0)
   it = make()
-  for _ in range(7):
-    next(it)
+  _take(it, 7)
   state = json.loads(json.dumps(it.get_state()))  # as orbax stores it
-  expected = [next(it) for _ in range(3)]
+  expected = _take(it, 3)
   resumed = make()
   resumed.set_state(state)
   for want in expected:
@@ -135,21 +160,24 @@ def test_iterator_state_resumes_the_stream_after_a_json_round_trip(splits):
 
 def test_eval_batches_count_every_token_once_and_no_padding(splits):
   tok = data.ByteTokenizer()
-  expected = sum(len(tok.encode(r['text'])) + 1 for r in splits['eval'])  # + EOS per document
-  batches = data.eval_batches(splits['eval'], tok, seq_len=64, batch_size=4, num_batches=1000)
+  expected = sum(len(tok.encode(r['text'])) + 1 for r in splits['eval'].records)  # + EOS each
+  batches = data.eval_batches(stream(splits['eval']), tok, seq_len=64, batch_size=4,
+                              num_batches=1000)
   assert len(batches) == 1000
   assert sum(int(b['valid'].sum()) for b in batches) == expected
   for b in batches:
     assert np.all(b['tokens'][~b['valid']] == tok.pad_id)
-  again = data.eval_batches(splits['eval'], tok, seq_len=64, batch_size=4, num_batches=1000)
-  for x, y in zip(batches, again):
-    np.testing.assert_array_equal(x['tokens'], y['tokens'])
 
 
 def test_each_process_reads_its_own_documents(splits):
-  tok = data.ByteTokenizer()
-  count = lambda **kw: sum(int(b['valid'].sum()) for b in data.eval_batches(
-      splits['eval'], tok, seq_len=64, batch_size=4, num_batches=1000, **kw))
-  first, second = count(process_index=0, process_count=2), count(process_index=1, process_count=2)
-  assert first > 0 and second > 0
-  assert first + second == count()
+  first = stream(splits['eval'], process_index=0, process_count=2)
+  second = stream(splits['eval'], process_index=1, process_count=2)
+  assert len(first) > 0 and len(second) > 0
+  assert len(first) + len(second) == len(stream(splits['eval']))
+  assert not np.array_equal(first[:100], second[:100])
+
+
+def test_a_split_smaller_than_one_batch_is_a_clear_error(splits):
+  with pytest.raises(data.DataError, match='fewer than one batch'):
+    data.train_iterator(stream(splits['eval'])[:100], data.ByteTokenizer(), seq_len=64,
+                        batch_size=4, seed=0)

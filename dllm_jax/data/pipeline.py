@@ -1,103 +1,85 @@
 """The grain input pipeline: documents -> tokens -> packed fixed-length rows -> batches.
 
-Each process reads its own slice of the documents (`process_index::process_count`). The
-training stream shuffles documents with a seed (anew each epoch), appends EOS to each, packs
-them end to end into rows of `seq_len` tokens, shuffles rows within a window and batches.
-Batches are {'tokens': int32 [b, L], 'valid': bool [b, L]}; `valid` is False only on padding,
-which takes the pad id and must never count. The iterator's state is checkpointable
-(`get_state` / `set_state`, or orbax via grain.checkpoint), so a resumed run sees the same
-batches it would have seen.
+Each process tokenizes its own slice of the documents (`process_index::process_count`) once,
+appending EOS to each, and caches the concatenated token stream on disk next to the prepared
+dataset. The stream is cut into rows of `seq_len` tokens; training shuffles the rows
+globally with a seed (anew each epoch) and batches them. A file yields many consecutive
+rows, so shuffling rows rather than files keeps each batch a mix of many files.
+
+Batches are {'tokens': int32 [b, L], 'valid': bool [b, L]}; `valid` is False only on
+padding (the pad id, in the last evaluation row), which must never count. The training
+iterator's state is a row index, so a restored run sees exactly the batches it would have.
 """
+
+import os
 
 import grain
 import numpy as np
 
 from dllm_jax.data.sources import DataError
 
-ROW_SHUFFLE_WINDOW = 512
+
+class TokenRows:
+  """Random access to rows of `seq_len` tokens of a token stream; the last row is padded."""
+
+  def __init__(self, stream: np.ndarray, seq_len: int, pad_id: int, drop_remainder: bool):
+    self._stream, self._seq_len, self._pad_id = stream, seq_len, pad_id
+    full, rest = divmod(len(stream), seq_len)
+    self._len = full + (bool(rest) and not drop_remainder)
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __getitem__(self, i: int) -> dict:
+    tokens = np.asarray(self._stream[i * self._seq_len:(i + 1) * self._seq_len], np.int32)
+    valid = np.ones(self._seq_len, bool)
+    if len(tokens) < self._seq_len:
+      valid[len(tokens):] = False
+      tokens = np.pad(tokens, (0, self._seq_len - len(tokens)), constant_values=self._pad_id)
+    return {'tokens': tokens, 'valid': valid}
 
 
-def _documents(source, tokenizer, text_key, process_index, process_count, shuffle_seed=None):
-  ds = grain.MapDataset.source(source)[process_index::process_count]
-  if len(ds) == 0:
-    raise DataError(f'process {process_index} of {process_count} got no documents; the split '
-                    f'has {len(source)} records.')
-  if shuffle_seed is not None:
-    ds = ds.shuffle(seed=shuffle_seed).repeat(None)
-
-  def tokenize(record):
-    ids = tokenizer.encode(record[text_key])
-    return {'tokens': np.append(ids, np.int32(tokenizer.eos_id)).astype(np.int32)}
-
-  return ds.map(tokenize).to_iter_dataset()
-
-
-def _pack(docs, seq_len, pad_id):
-  packed = grain.experimental.ConcatThenSplitIterDataset(docs, length_struct={'tokens': seq_len})
-
-  def finish(row):
-    valid = row['tokens_segment_ids'] > 0
-    return {'tokens': np.where(valid, row['tokens'], pad_id).astype(np.int32), 'valid': valid}
-
-  return packed.map(finish)
+def token_stream(records, tokenizer, cache_dir: str, *, text_key: str = 'text',
+                 process_index: int = 0, process_count: int = 1) -> np.ndarray:
+  """This process's documents, tokenized and joined with EOS after each; cached on disk."""
+  dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
+  path = os.path.join(cache_dir, f'{tokenizer.fingerprint}-{process_index}of{process_count}'
+                      f'.{np.dtype(dtype).name}')
+  if not os.path.exists(path):
+    indices = range(process_index, len(records), process_count)
+    if not indices:
+      raise DataError(f'process {process_index} of {process_count} got no documents; the '
+                      f'split has {len(records)}.')
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'wb') as f:
+      for i in indices:
+        ids = tokenizer.encode(records[i][text_key])
+        np.append(ids, tokenizer.eos_id).astype(dtype).tofile(f)
+    os.replace(tmp, path)  # atomic: a crash never leaves a truncated cache behind
+  return np.memmap(path, dtype=dtype, mode='r')
 
 
-class _JsonRestorable(grain.DatasetIterator):
-  """Accepts iterator states that went through JSON, as orbax stores them.
-
-  grain's concat-then-split packer compares its saved remainder slices with a tuple; JSON
-  hands back lists, and the restored stream would silently skip rows. Turn them back.
-  """
-
-  def __init__(self, parent: grain.DatasetIterator):
-    super().__init__(parent)
-
-  def __next__(self):
-    return next(self._parent)
-
-  def get_state(self):
-    return self._parent.get_state()
-
-  def set_state(self, state):
-    self._parent.set_state(_tuple_slices(state))
+def train_iterator(stream: np.ndarray, tokenizer, *, seq_len: int, batch_size: int,
+                   seed: int) -> grain.DatasetIterator:
+  """An endless stream of batches of `batch_size` rows, shuffled anew each epoch."""
+  rows = TokenRows(stream, seq_len, tokenizer.pad_id, drop_remainder=True)
+  if len(rows) < batch_size:
+    raise DataError(f'the training split has {len(rows)} rows of {seq_len} tokens, fewer than '
+                    f'one batch of {batch_size}; add text or lower data.seq_len.')
+  ds = grain.MapDataset.source(rows).shuffle(seed=seed).repeat(None)
+  return iter(ds.batch(batch_size, drop_remainder=True).to_iter_dataset())
 
 
-def _tuple_slices(state):
-  if not isinstance(state, dict):
-    return state
-  return {k: ({f: tuple(v) for f, v in value.items()} if k == 'remainder_slices'
-              else _tuple_slices(value)) for k, value in state.items()}
-
-
-def train_iterator(source, tokenizer, *, seq_len: int, batch_size: int, seed: int,
-                   text_key: str = 'text', process_index: int = 0,
-                   process_count: int = 1) -> grain.DatasetIterator:
-  """An endless, shuffled stream of this process's batches (`batch_size` rows each)."""
-  docs = _documents(source, tokenizer, text_key, process_index, process_count, seed)
-  rows = _pack(docs, seq_len, tokenizer.pad_id)
-  rows = grain.experimental.WindowShuffleIterDataset(rows, window_size=ROW_SHUFFLE_WINDOW,
-                                                     seed=seed + 1)
-  return _JsonRestorable(iter(rows.batch(batch_size, drop_remainder=True)))
-
-
-def eval_batches(source, tokenizer, *, seq_len: int, batch_size: int, num_batches: int,
-                 text_key: str = 'text', process_index: int = 0,
-                 process_count: int = 1) -> list[dict]:
+def eval_batches(stream: np.ndarray, tokenizer, *, seq_len: int, batch_size: int,
+                 num_batches: int) -> list[dict]:
   """The first `num_batches` batches of the split, in order: the same every time, so
   evaluations compare across steps and runs. Always exactly `num_batches` (a short split is
   padded with rows that count for nothing), so every process runs the same eval steps."""
-  docs = _documents(source, tokenizer, text_key, process_index, process_count)
-  rows = _pack(docs, seq_len, tokenizer.pad_id).batch(batch_size, drop_remainder=False)
-  batches = []
-  for batch in rows:
-    short = batch_size - batch['tokens'].shape[0]
-    if short:  # the last batch: pad with rows that count for nothing
-      batch = {'tokens': np.pad(batch['tokens'], ((0, short), (0, 0)),
-                                constant_values=tokenizer.pad_id),
-               'valid': np.pad(batch['valid'], ((0, short), (0, 0)))}
-    batches.append(batch)
-    if len(batches) == num_batches:
-      break
-  empty = {'tokens': np.full((batch_size, seq_len), tokenizer.pad_id, np.int32),
-           'valid': np.zeros((batch_size, seq_len), bool)}
-  return batches + [empty] * (num_batches - len(batches))
+  rows = TokenRows(stream, seq_len, tokenizer.pad_id, drop_remainder=False)
+  empty = {'tokens': np.full(seq_len, tokenizer.pad_id, np.int32),
+           'valid': np.zeros(seq_len, bool)}
+  picked = [rows[i] if i < len(rows) else empty for i in range(num_batches * batch_size)]
+  return [{k: np.stack([r[k] for r in picked[b * batch_size:(b + 1) * batch_size]])
+           for k in ('tokens', 'valid')} for b in range(num_batches)]
+

@@ -14,6 +14,7 @@ import hashlib
 import os
 import socket
 import sysconfig
+from typing import Any, NamedTuple
 
 import tensorflow_datasets as tfds
 
@@ -22,6 +23,11 @@ DEFAULT_DATA_DIR = os.path.join('~', '.cache', 'dllm_jax', 'tensorflow_datasets'
 
 class DataError(ValueError):
   """A data source that cannot be opened; the message says what to do."""
+
+
+class Split(NamedTuple):
+  records: Any  # random-access records with a text field
+  cache_dir: str  # where token streams of this split are cached
 
 
 def stdlib_files() -> list[str]:
@@ -116,7 +122,7 @@ def _prepare(make_builder, is_coordinator: bool, barrier):
 
 
 def open_sources(data_config, is_coordinator: bool = True, barrier=lambda: None) -> dict:
-  """{'train': source, 'eval': source}: random-access sources of {'text': ...} records."""
+  """{'train': Split, 'eval': Split}, preparing the dataset first if needed."""
   data_dir = os.path.expanduser(data_config.data_dir or DEFAULT_DATA_DIR)
   if data_config.source == 'text_files':
     files = resolve_files(data_config.files)
@@ -143,5 +149,6 @@ def open_sources(data_config, is_coordinator: bool = True, barrier=lambda: None)
     if split not in builder.info.splits:
       raise DataError(f'config.data.{role}_split: {builder.name} has no split {split!r}; it '
                       f'has {sorted(builder.info.splits)}.')
-    sources[role] = builder.as_data_source(split=split)
+    sources[role] = Split(builder.as_data_source(split=split),
+                          os.path.join(builder.data_dir, 'token_cache', split))
   return sources

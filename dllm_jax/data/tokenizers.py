@@ -1,10 +1,12 @@
 """Tokenizers: raw bytes by default, or a Hugging Face `tokenizer.json` by path.
 
 Every tokenizer exposes the same small surface: `encode`, `decode`, `vocab_size` (all ids,
-special ones included) and the special ids `pad_id`, `bos_id`, `eos_id`, `mask_id`. The mask
-id never occurs in encoded text, so the model can be forbidden to predict it.
+special ones included), the special ids `pad_id`, `bos_id`, `eos_id`, `mask_id`, and a
+`fingerprint` that names its token ids in caches. The mask id never occurs in encoded text,
+so the model can be forbidden to predict it.
 """
 
+import hashlib
 import os
 
 import numpy as np
@@ -23,6 +25,7 @@ class ByteTokenizer:
 
   pad_id, bos_id, eos_id, mask_id = 256, 257, 258, 259
   vocab_size = 260
+  fingerprint = 'bytes'
 
   def encode(self, text: str | bytes) -> np.ndarray:
     data = text.encode('utf-8') if isinstance(text, str) else bytes(text)
@@ -42,6 +45,9 @@ class HFTokenizer:
       raise FileNotFoundError(f'config.data.tokenizer: no tokenizer file at {path!r}; give a '
                               "path to a Hugging Face tokenizer.json or 'bytes'.")
     self._tok = tokenizers.Tokenizer.from_file(path)
+    with open(path, 'rb') as f:
+      digest = hashlib.sha256(f.read() + repr(sorted(special_tokens.items())).encode())
+    self.fingerprint = f'hf-{digest.hexdigest()[:16]}'
     base = self._tok.get_vocab_size(with_added_tokens=True)
     extra = {}
     for role, name in special_tokens.items():

@@ -1,0 +1,1 @@
+"""Benchmarks: commands that print figures for BENCHMARKS.md (never pass/fail tests)."""
