@@ -54,6 +54,8 @@ def main(argv):
     logging.info('JAX %s: process %d of %d; %d devices (%s), %d local', jax.__version__,
                  jax.process_index(), jax.process_count(), jax.device_count(),
                  jax.devices()[0].device_kind, jax.local_device_count())
+    if jax.process_index() != 0:  # one log for the whole job; warnings still come through
+      logging.set_verbosity(logging.WARNING)
     train.train_and_evaluate(config, _WORKDIR.value)
   except FRIENDLY_ERRORS as e:
     sys.exit(f'error: {e}')
