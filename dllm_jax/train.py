@@ -126,10 +126,7 @@ def make_eval_step(loss_fn):
 class Experiment:
   """Everything built from a config before the loop: shapes, shardings, compiled steps."""
   config: ml_collections.ConfigDict
-  mesh: jax.sharding.Mesh
-  tokenizer: Any
   model_config: model_lib.ModelConfig
-  state_shardings: TrainState
   abstract_state: TrainState  # ShapeDtypeStructs carrying their shardings
   batch_sharding: jax.sharding.NamedSharding
   init: Any
@@ -200,7 +197,7 @@ def build(config, mesh, tokenizer) -> Experiment:
           'mask_id': tokenizer.mask_id,
           # These two change the optimizer state's structure.
           'gradient_clipping': t.grad_clip > 0, 'ema': t.ema_decay > 0}
-  return Experiment(config, mesh, tokenizer, model_config, state_sh, abstract, batch_sh,
+  return Experiment(config, model_config, abstract, batch_sh,
                     jax.jit(lambda: init_fn(rng), out_shardings=state_sh), train_step,
                     eval_step, meta)
 

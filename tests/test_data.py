@@ -117,7 +117,7 @@ def test_token_stream_joins_documents_with_eos_and_is_cached(splits):
   expected = np.concatenate([np.append(tok.encode(r['text']), tok.eos_id)
                              for r in splits['eval'].records])
   np.testing.assert_array_equal(tokens, expected)
-  cached = [f for f in os.listdir(splits['eval'].cache_dir) if f.startswith('bytes-0of1')]
+  cached = [f for f in os.listdir(splits['eval'].cache_dir) if f.startswith('bytes-text-0of1')]
   assert len(cached) == 1 and tokens.dtype == np.uint16
   np.testing.assert_array_equal(stream(splits['eval']), expected)  # read back from the cache
 

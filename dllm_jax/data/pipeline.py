@@ -43,8 +43,8 @@ def token_stream(records, tokenizer, cache_dir: str, *, text_key: str = 'text',
                  process_index: int = 0, process_count: int = 1) -> np.ndarray:
   """This process's documents, tokenized and joined with EOS after each; cached on disk."""
   dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
-  path = os.path.join(cache_dir, f'{tokenizer.fingerprint}-{process_index}of{process_count}'
-                      f'.{np.dtype(dtype).name}')
+  path = os.path.join(cache_dir, f'{tokenizer.fingerprint}-{text_key}-{process_index}of'
+                      f'{process_count}.{np.dtype(dtype).name}')
   if not os.path.exists(path):
     indices = range(process_index, len(records), process_count)
     if not indices:
