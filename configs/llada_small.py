@@ -18,7 +18,8 @@ from dllm_jax.config import base_config
 
 def get_config(variant: str = 'small'):
   c = base_config()
-  c.model.update(d_model=256, n_layers=4, n_heads=4, n_kv_heads=4, mlp_dim=768)
+  # Trained on 128-byte rows; RoPE lets it denoise longer canvases (a prompt + 128 bytes).
+  c.model.update(d_model=256, n_layers=4, n_heads=4, n_kv_heads=4, mlp_dim=768, max_seq_len=512)
   c.data.seq_len = 128
   c.train.update(batch_size=32, num_steps=900, learning_rate=2e-3, warmup_steps=100,
                  log_every=25, eval_every=300, eval_batches=16, checkpoint_every=300)
@@ -28,6 +29,8 @@ def get_config(variant: str = 'small'):
     c.data.seq_len = 32
     c.train.update(batch_size=8, num_steps=20, learning_rate=3e-3, warmup_steps=2,
                    log_every=5, eval_every=10, eval_batches=2, checkpoint_every=10)
+    c.sampling.update(num_samples=2, steps=8)
+    c.eval.update(t_samples=2, discrete_steps=16)
   elif variant != 'small':
     raise ValueError(f"unknown variant {variant!r} of llada_small.py: use 'small' or 'tiny'.")
   return c

@@ -21,9 +21,13 @@ class CheckpointError(RuntimeError):
 
 class Checkpointer:
 
-  def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
+  def __init__(self, directory: str, keep: int = 3, async_save: bool = True,
+               read_only: bool = False):
     self.directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+    if read_only and not os.path.isdir(self.directory):
+      raise CheckpointError(f'no checkpoint directory at {self.directory}.')
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
+                                           read_only=read_only,
                                            enable_async_checkpointing=async_save)
     self._manager = ocp.CheckpointManager(
         self.directory, options=options,
@@ -71,6 +75,27 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(self._unreadable(step, e)) from e
     return restored['state']
+
+  def restore_params(self, step: int, abstract_params: Any, which: str = 'params') -> Any:
+    """Only the parameters (or 'ema_params') of a checkpoint, onto `abstract_params`'s
+    shardings: what sampling and evaluation need, without the optimizer state."""
+    reader = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(read_only=True),
+        item_handlers={'state': ocp.PyTreeCheckpointHandler()})
+    try:
+      if which == 'ema_params' and not self.read_meta(step).get('ema'):
+        raise CheckpointError(f'checkpoint {step} in {self.directory} has no EMA parameters '
+                              '(it was trained with train.ema_decay=0).')
+      item = {which: abstract_params}
+      args = ocp.args.PyTreeRestore(item=item, partial_restore=True,
+                                    restore_args=ocp.checkpoint_utils.construct_restore_args(item))
+      return reader.restore(step, args=ocp.args.Composite(state=args))['state'][which]
+    except CheckpointError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(self._unreadable(step, e)) from e
+    finally:
+      reader.close()
 
   def _unreadable(self, step, error) -> str:
     first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]

@@ -12,7 +12,8 @@ REMAT_POLICIES = ('none', 'full', 'dots', 'dots_with_no_batch_dims')
 ATTENTION_IMPLS = ('xla', 'cudnn')
 DTYPES = ('float32', 'bfloat16')
 DATA_SOURCES = ('text_files', 'tfds')
-MODES = ('train',)
+MODES = ('train', 'eval')
+SAMPLERS = ('ancestral', 'low_confidence', 'margin', 'entropy', 'random')
 MESH_AXES = ('data', 'fsdp', 'tensor')
 
 
@@ -35,6 +36,8 @@ def base_config() -> ml_collections.ConfigDict:
       n_kv_heads=4,
       head_dim=0,  # 0: d_model // n_heads
       mlp_dim=1024,
+      # The longest canvas (prompt + generation) the model is meant for; RoPE has no hard limit.
+      max_seq_len=2048,
       rope_theta=10000.0,
       norm_eps=1e-5,
       init_std=0.02,
@@ -89,6 +92,21 @@ def base_config() -> ml_collections.ConfigDict:
       # Peak FLOP/s of one device for MFU; 0 looks the device up in metrics.PEAK_FLOPS.
       peak_flops_per_device=0.0,
       progress_bar=True,
+  ))
+
+  # --config.mode=eval: the validation NELBO of the latest checkpoint, with its standard error.
+  c.eval = ml_collections.ConfigDict(dict(
+      t_samples=8,  # antithetic draws of t per sequence (>= 2, for the standard error)
+      discrete_steps=128,  # T of the discrete-time T-step bound also reported; 0 skips it
+  ))
+
+  # The samples a training run prints at its end: each continues the first half of a
+  # validation row for the second half, in one block.
+  c.sampling = ml_collections.ConfigDict(dict(
+      num_samples=3,  # 0: none
+      sampler='low_confidence',
+      steps=32,
+      temperature=0.0,
   ))
 
   # Sizes of the ('data', 'fsdp', 'tensor') mesh axes; one may be -1 for "the rest".
@@ -155,12 +173,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_choice(config, 'model.attention_impl', ATTENTION_IMPLS)
   _check_choice(config, 'diffusion.schedule', SCHEDULES)
   _check_choice(config, 'data.source', DATA_SOURCES)
+  _check_choice(config, 'sampling.sampler', SAMPLERS)
   _check_positive(config, [
       'model.d_model', 'model.n_layers', 'model.n_heads', 'model.n_kv_heads', 'model.mlp_dim',
-      'model.rope_theta', 'model.norm_eps', 'model.vocab_multiple', 'diffusion.schedule_power',
+      'model.max_seq_len', 'model.rope_theta', 'model.norm_eps', 'model.vocab_multiple',
+      'diffusion.schedule_power',
       'data.seq_len', 'train.batch_size', 'train.microbatches', 'train.num_steps',
       'train.learning_rate', 'train.log_every', 'train.eval_every', 'train.eval_batches',
-      'train.checkpoint_every', 'train.keep_checkpoints'])
+      'train.checkpoint_every', 'train.keep_checkpoints', 'sampling.steps'])
+  if config.eval.t_samples < 2:
+    _fail('eval.t_samples', f'must be >= 2 (for a standard error), got {config.eval.t_samples}.')
+  if config.eval.discrete_steps < 0:
+    _fail('eval.discrete_steps', f'must be >= 0, got {config.eval.discrete_steps}.')
+  if config.sampling.num_samples < 0:
+    _fail('sampling.num_samples', f'must be >= 0, got {config.sampling.num_samples}.')
   if m.n_heads % m.n_kv_heads:
     _fail('model.n_kv_heads', f'must divide model.n_heads={m.n_heads}, got {m.n_kv_heads}.')
   if not m.head_dim and m.d_model % m.n_heads:

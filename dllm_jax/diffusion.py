@@ -101,8 +101,13 @@ def cross_entropy(logits_BxLxV: Array, targets_BxL: Array, mask_id: int,
   return jax.nn.logsumexp(logits, axis=-1) - target_logit
 
 
-def make_loss_fn(logits_fn: Callable, schedule: Schedule, mask_id: int, data_vocab_size: int):
+def make_loss_fn(logits_fn: Callable, schedule: Schedule, mask_id: int, data_vocab_size: int,
+                 discrete_steps: int = 0):
   """Returns `loss_fn(params, batch, key) -> (nelbo nats/token, aux)`.
+
+  With `discrete_steps` T > 0 it estimates the discrete-time T-step bound instead: t on the
+  grid {1/T, ..., 1} (stratified across the batch), weighted T (alpha(t - 1/T) - alpha(t)) /
+  (1 - alpha(t)); it lies above the continuous bound and approaches it as T grows.
 
   `data_vocab_size` is the tokenizer's: the network may have more logits (its vocabulary
   rounded up for sharding), which are never predicted, like the mask.
@@ -117,12 +122,18 @@ def make_loss_fn(logits_fn: Callable, schedule: Schedule, mask_id: int, data_voc
     valid_BxL = batch['valid'].astype(bool)
     t_key, mask_key = jax.random.split(key)
     t_B = antithetic_times(t_key, tokens_BxL.shape[0])
+    if discrete_steps:
+      t_B = (jnp.floor(t_B * discrete_steps) + 1.0) / discrete_steps
+      alpha_s = schedule.alpha(t_B - 1.0 / discrete_steps)
+      weight_B = discrete_steps * (alpha_s - schedule.alpha(t_B)) / (1.0 - schedule.alpha(t_B))
+    else:
+      weight_B = schedule.weight(t_B)
     xt_BxL, masked_BxL = corrupt(mask_key, tokens_BxL, valid_BxL, schedule.alpha(t_B), mask_id)
     logits_BxLxV = logits_fn(params, xt_BxL, valid_BxL)
     ce_BxL = cross_entropy(logits_BxLxV, tokens_BxL, mask_id, data_vocab_size)
     ce_BxL = jnp.where(masked_BxL, ce_BxL, 0.0)
     num_tokens = valid_BxL.sum()
-    nelbo_sum = jnp.sum(schedule.weight(t_B) * ce_BxL.sum(axis=1)) + end_terms * num_tokens
+    nelbo_sum = jnp.sum(weight_B * ce_BxL.sum(axis=1)) + end_terms * num_tokens
     loss = nelbo_sum / jnp.maximum(num_tokens, 1)
     aux = {'nelbo_sum': nelbo_sum, 'num_tokens': num_tokens,
            'masked_fraction': masked_BxL.sum() / jnp.maximum(num_tokens, 1)}

@@ -1,7 +1,7 @@
 """Entry point: python -m dllm_jax.main --config=configs/llada_small.py --workdir=DIR.
 
 Parses flags, starts multi-host JAX when the config asks, logs the devices and calls
-`train.train_and_evaluate`. Errors a person can fix (a bad config value, missing data, an
+`train.train_and_evaluate` (or, with --config.mode=eval, `train.evaluate_checkpoint`). Errors a person can fix (a bad config value, missing data, an
 unreadable checkpoint, a diverged run) end the program with one line saying what to do.
 """
 
@@ -14,6 +14,7 @@ from ml_collections import config_flags
 
 from dllm_jax import checkpoint, config as config_lib, train
 from dllm_jax.data import DataError
+from dllm_jax.sampling import SamplingError
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, optionally with a variant: configs/x.py:tiny.',
@@ -23,7 +24,7 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints and metrics g
 flags.mark_flags_as_required(['config', 'workdir'])
 
 FRIENDLY_ERRORS = (config_lib.ConfigError, DataError, checkpoint.CheckpointError,
-                   train.TrainingDiverged, FileNotFoundError)
+                   train.TrainingDiverged, FileNotFoundError, SamplingError)
 
 
 def initialize_distributed(dist) -> None:
@@ -56,7 +57,8 @@ def main(argv):
                  jax.devices()[0].device_kind, jax.local_device_count())
     if jax.process_index() != 0:  # one log for the whole job; warnings still come through
       logging.set_verbosity(logging.WARNING)
-    train.train_and_evaluate(config, _WORKDIR.value)
+    job = {'train': train.train_and_evaluate, 'eval': train.evaluate_checkpoint}[config.mode]
+    job(config, _WORKDIR.value)
   except FRIENDLY_ERRORS as e:
     sys.exit(f'error: {e}')
 

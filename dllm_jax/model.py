@@ -41,6 +41,7 @@ class ModelConfig:
   n_kv_heads: int
   head_dim: int
   mlp_dim: int
+  max_seq_len: int = 2048
   rope_theta: float = 10000.0
   norm_eps: float = 1e-5
   init_std: float = 0.02

@@ -9,6 +9,7 @@ so the device never waits on Python.
 """
 
 import dataclasses
+import json
 import math
 import os
 import signal
@@ -31,6 +32,7 @@ from dllm_jax import data as data_lib
 from dllm_jax import diffusion
 from dllm_jax import metrics as metrics_lib
 from dllm_jax import model as model_lib
+from dllm_jax import sampling
 from dllm_jax import sharding
 
 ConfigError = config_lib.ConfigError
@@ -124,14 +126,18 @@ def make_eval_step(loss_fn):
 
 @dataclasses.dataclass
 class Experiment:
-  """Everything built from a config before the loop: shapes, shardings, compiled steps."""
+  """Everything built from a config before the loop: shapes, shardings, jitted steps."""
   config: ml_collections.ConfigDict
   model_config: model_lib.ModelConfig
+  tokenizer: Any
+  logits_fn: Any
+  sampler_config: sampling.SamplerConfig  # for the samples printed at the end of training
   abstract_state: TrainState  # ShapeDtypeStructs carrying their shardings
   batch_sharding: jax.sharding.NamedSharding
   init: Any
   train_step: Any
-  eval_step: Any
+  eval_step: Any  # (params, batch, key) -> (nelbo_sum, num_tokens), continuous time
+  discrete_eval_step: Any  # the same for the discrete-time bound; None without one
   meta: dict  # what a checkpoint must agree with
 
 
@@ -183,23 +189,39 @@ def build(config, mesh, tokenizer) -> Experiment:
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, state_sh)
 
-  loss_fn = diffusion.make_loss_fn(model_lib.make_logits_fn(graphdef),
-                                   diffusion.schedule_from_config(config.diffusion),
-                                   tokenizer.mask_id, tokenizer.vocab_size)
+  logits_fn = model_lib.make_logits_fn(graphdef)
+  noise = diffusion.schedule_from_config(config.diffusion)
+  loss_fn, discrete_loss_fn = (
+      diffusion.make_loss_fn(logits_fn, noise, tokenizer.mask_id, tokenizer.vocab_size, steps)
+      for steps in (0, config.eval.discrete_steps))
   batch_sh = sharding.named_sharding(mesh, rules, BATCH_AXES)
   batch_tree = {'tokens': batch_sh, 'valid': batch_sh}
   train_step = jax.jit(make_train_step(loss_fn, optimizer, schedule, t.microbatches, t.ema_decay),
                        in_shardings=(state_sh, batch_tree), out_shardings=(state_sh, replicated),
                        donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(loss_fn), in_shardings=(param_sh, batch_tree, replicated),
-                      out_shardings=replicated)
+  eval_step, discrete_eval_step = (
+      jax.jit(make_eval_step(fn), in_shardings=(param_sh, batch_tree, replicated),
+              out_shardings=replicated) for fn in (loss_fn, discrete_loss_fn))
   meta = {'model': dataclasses.asdict(model_config), 'tokenizer': config.data.tokenizer,
-          'mask_id': tokenizer.mask_id,
+          'mask_id': tokenizer.mask_id, 'schedule': dataclasses.asdict(noise),
           # These two change the optimizer state's structure.
           'gradient_clipping': t.grad_clip > 0, 'ema': t.ema_decay > 0}
-  return Experiment(config, model_config, abstract, batch_sh,
+  return Experiment(config, model_config, tokenizer, logits_fn,
+                    _sampler_config(config, tokenizer, noise), abstract, batch_sh,
                     jax.jit(lambda: init_fn(rng), out_shardings=state_sh), train_step,
-                    eval_step, meta)
+                    eval_step, discrete_eval_step if config.eval.discrete_steps else None, meta)
+
+
+def _sampler_config(config, tokenizer, noise) -> sampling.SamplerConfig:
+  s = config.sampling
+  cfg = sampling.SamplerConfig(mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size,
+                               eos_id=tokenizer.eos_id, sampler=s.sampler, steps=s.steps,
+                               temperature=s.temperature, schedule=noise)
+  try:
+    sampling.validate(cfg, config.data.seq_len, config.data.seq_len // 2)
+  except sampling.SamplingError as e:
+    raise ConfigError(f'config.sampling.{e}') from e
+  return cfg
 
 
 def global_batch(local: dict, batch_sharding) -> dict:
@@ -253,15 +275,37 @@ def _check_finite(step, values, checkpointer):
           f'checkpoint is step {checkpointer.latest_step()} in {checkpointer.directory}.')
 
 
-def evaluate(exp: Experiment, params, batches: list[dict], seed: int) -> float:
-  """Validation NELBO in nats/token over fixed batches with fixed keys."""
-  key = jax.random.key(seed + 1)
+def evaluate(exp: Experiment, params, batches: list[dict], key: jax.Array,
+             eval_step=None) -> float:
+  """Validation NELBO in nats/token over fixed batches, one t per row, keys from `key`."""
+  eval_step = eval_step or exp.eval_step
   nelbo, tokens = 0.0, 0
   for i, batch in enumerate(batches):
-    n, c = exp.eval_step(params, global_batch(batch, exp.batch_sharding),
-                         jax.random.fold_in(key, i))
+    n, c = eval_step(params, global_batch(batch, exp.batch_sharding), jax.random.fold_in(key, i))
     nelbo, tokens = nelbo + float(n), tokens + int(c)
   return nelbo / max(tokens, 1)
+
+
+def _eval_key(config) -> jax.Array:
+  return jax.random.key(config.seed + 1)
+
+
+def _streams(config, tokenizer, roles) -> dict:
+  """This process's cached token streams of the train and/or eval splits."""
+  pidx, pcount = jax.process_index(), jax.process_count()
+  sources = data_lib.open_sources(
+      config.data, is_coordinator=pidx == 0,
+      barrier=lambda: multihost_utils.sync_global_devices('dllm_jax:data_prepared'))
+  return {role: data_lib.token_stream(sources[role].records, tokenizer, sources[role].cache_dir,
+                                      text_key=config.data.text_key, process_index=pidx,
+                                      process_count=pcount)
+          for role in roles}
+
+
+def _eval_data(config, tokenizer, stream) -> list[dict]:
+  return data_lib.eval_batches(stream, tokenizer, seq_len=config.data.seq_len,
+                               batch_size=config.train.batch_size // jax.process_count(),
+                               num_batches=config.train.eval_batches)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
@@ -274,20 +318,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   workdir = os.path.abspath(workdir)
   mesh = sharding.make_mesh(config.mesh, devices)
   tokenizer = data_lib.make_tokenizer(config.data.tokenizer)
-  pidx, pcount = jax.process_index(), jax.process_count()
-  sources = data_lib.open_sources(
-      config.data, is_coordinator=pidx == 0,
-      barrier=lambda: multihost_utils.sync_global_devices('dllm_jax:data_prepared'))
-  streams = {role: data_lib.token_stream(split.records, tokenizer, split.cache_dir,
-                                         text_key=config.data.text_key, process_index=pidx,
-                                         process_count=pcount)
-             for role, split in sources.items()}
-  local_batch = t.batch_size // pcount
+  streams = _streams(config, tokenizer, ('train', 'eval'))
   train_iter = data_lib.train_iterator(streams['train'], tokenizer, seq_len=config.data.seq_len,
-                                       batch_size=local_batch, seed=config.data.shuffle_seed)
-  eval_data = data_lib.eval_batches(streams['eval'], tokenizer, seq_len=config.data.seq_len,
-                                    batch_size=local_batch, num_batches=t.eval_batches)
-  if pidx == 0:
+                                       batch_size=t.batch_size // jax.process_count(),
+                                       seed=config.data.shuffle_seed)
+  eval_data = _eval_data(config, tokenizer, streams['eval'])
+  if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
       f.write(config.to_json_best_effort(indent=2))
@@ -315,7 +351,78 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         state = checkpointer.restore(latest, exp.abstract_state, train_iter, exp.meta)
         logging.info('resumed from step %d in %s', latest, checkpointer.directory)
       summary = _loop(exp, state, train_step, train_iter, eval_data, checkpointer, workdir)
+    state = summary.pop('state')
+    if not summary['preempted']:
+      summary['samples'] = _print_samples(exp, state.params, eval_data)
   return summary
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """--config.mode=eval: the latest checkpoint's validation NELBO with its standard error.
+
+  Each of `eval.t_samples` passes over the validation batches draws a fresh antithetic t per
+  row; the passes' spread gives the standard error of the Monte Carlo estimate. With
+  `eval.discrete_steps` T, the discrete-time T-step bound is estimated the same way. The
+  figures are logged and written to WORKDIR/eval_STEP.json.
+  """
+  config_lib.validate(config)
+  mesh = sharding.make_mesh(config.mesh)
+  tokenizer = data_lib.make_tokenizer(config.data.tokenizer)
+  eval_data = _eval_data(config, tokenizer, _streams(config, tokenizer, ('eval',))['eval'])
+  with sharding.use_mesh(mesh, config.logical_axis_rules):
+    exp = build(config, mesh, tokenizer)
+    with ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                               read_only=True) as checkpointer:
+      step = checkpointer.latest_step()
+      if step is None:
+        raise ckpt_lib.CheckpointError(f'no checkpoint in {checkpointer.directory} to evaluate.')
+      mismatch = {k for k in ('model', 'tokenizer', 'mask_id')
+                  if checkpointer.read_meta(step).get(k) != exp.meta[k]}
+      if mismatch:
+        raise ckpt_lib.CheckpointError(f'checkpoint {step} does not fit the config '
+                                       f'({", ".join(sorted(mismatch))} differ).')
+      params = checkpointer.restore_params(step, exp.abstract_state.params)
+    report = {'step': step, 't_samples': config.eval.t_samples,
+              'tokens': int(sum(b['valid'].sum() for b in eval_data)) * jax.process_count()}
+    bounds = {'continuous': exp.eval_step}
+    if exp.discrete_eval_step is not None:
+      bounds[f'discrete_T{config.eval.discrete_steps}'] = exp.discrete_eval_step
+    for name, eval_step in bounds.items():
+      passes = np.array([evaluate(exp, params, eval_data,
+                                  jax.random.fold_in(_eval_key(config), r), eval_step)
+                         for r in range(config.eval.t_samples)])
+      nats, stderr = passes.mean(), passes.std(ddof=1) / math.sqrt(len(passes))
+      report[name] = {'nelbo_nats': nats, 'bits_per_token': nats / diffusion.LN2,
+                      'stderr_bits': stderr / diffusion.LN2,
+                      'perplexity_bound': diffusion.report(nats)['perplexity_bound']}
+      logging.info('step %d, %s bound: %.4f +- %.4f bits/token (%d t-samples per row)', step,
+                   name, nats / diffusion.LN2, stderr / diffusion.LN2, len(passes))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, f'eval_{step}.json'), 'w', encoding='utf-8') as f:
+      json.dump(report, f, indent=2)
+  return report
+
+
+def _print_samples(exp: Experiment, params, eval_data) -> list[str]:
+  """Continues the first half of the first validation rows; logs and returns the texts."""
+  n = exp.config.sampling.num_samples
+  if not n:
+    return []
+  tok, seq_len = exp.tokenizer, exp.config.data.seq_len
+  prompt_len = seq_len // 2
+  tokens = global_batch(eval_data[0], exp.batch_sharding)['tokens']
+  canvas = jnp.where(jnp.arange(seq_len)[None, :] < prompt_len, tokens, tok.mask_id)
+  out = jax.jit(sampling.sample, static_argnums=(0, 4, 5))(
+      exp.logits_fn, params, canvas, jax.random.key(exp.config.seed), exp.sampler_config,
+      prompt_len)
+  rows = multihost_utils.process_allgather(out.tokens, tiled=True)[:n]
+  texts = []
+  for i, row in enumerate(rows):
+    prompt, completion = tok.decode(row[:prompt_len]), tok.decode(row[prompt_len:])
+    texts.append(prompt + completion)
+    logging.info('sample %d (%s, %d steps):\n%s[%s]', i, exp.sampler_config.sampler,
+                 exp.sampler_config.steps, prompt, completion)
+  return texts
 
 
 def _loop(exp: Experiment, state, train_step, train_iter, eval_data, checkpointer, workdir):
@@ -366,7 +473,7 @@ def _loop(exp: Experiment, state, train_step, train_iter, eval_data, checkpointe
         pending = None
         paused = time.perf_counter()
         if do_eval:
-          evals[step] = evaluate(exp, state.params, eval_data, config.seed)
+          evals[step] = evaluate(exp, state.params, eval_data, _eval_key(config))
           values.update(_eval_report(exp, state, eval_data, evals[step]))
         writer.write(step, values)
         if do_save:
@@ -378,7 +485,7 @@ def _loop(exp: Experiment, state, train_step, train_iter, eval_data, checkpointe
     checkpointer.wait()
   writer.close()
   return {'start_step': start_step, 'step': step, 'losses': losses, 'eval_nelbo': evals,
-          'preempted': step < t.num_steps}
+          'preempted': step < t.num_steps, 'state': state}
 
 
 def _eval_report(exp, state, eval_data, nats) -> dict:
@@ -386,5 +493,5 @@ def _eval_report(exp, state, eval_data, nats) -> dict:
             'eval_perplexity_bound': diffusion.report(nats)['perplexity_bound']}
   if exp.config.train.ema_decay:
     report['eval_ema_bits_per_token'] = evaluate(exp, state.ema_params, eval_data,
-                                                 exp.config.seed) / diffusion.LN2
+                                                 _eval_key(exp.config)) / diffusion.LN2
   return report

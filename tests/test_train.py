@@ -44,7 +44,7 @@ def test_training_lowers_the_loss_on_a_fixed_batch(tiny_config):
     exp = train.build(tiny_config, mesh, tok)
     state = exp.init()
     batch = train.global_batch(batch, exp.batch_sharding)
-    measure = lambda p: train.evaluate(exp, p, [jax.device_get(batch)] * 4, seed=0)
+    measure = lambda p: train.evaluate(exp, p, [jax.device_get(batch)] * 4, jax.random.key(0))
     before = measure(state.params)
     for _ in range(40):
       state, _ = exp.train_step(state, batch)

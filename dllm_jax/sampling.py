@@ -1,0 +1,246 @@
+"""Fixed-cost samplers: pure functions that denoise a canvas in `steps` model calls.
+
+A canvas is a batch of token rows in which the positions to fill hold the mask id; every
+other position (the prompt, or the given text of an infilling canvas) is fixed and never
+changes, and a position once committed is never changed again. Each sampler is one
+`lax.scan` over its steps, so one call costs exactly `steps` forward passes (one pass on a
+doubled batch with classifier-free guidance) and compiles once per shape and setting.
+
+- `ancestral` (MD4/MDLM): walks a time grid from 1 to 0; at each step every masked
+  position is unmasked with probability (alpha_s - alpha_t) / (1 - alpha_t) and drawn from
+  the model's p(x0 | x_t); the last step fills whatever is left.
+- `low_confidence`, `margin`, `entropy`, `random` (LLaDA's remasking): the region from
+  `gen_start` is split into blocks of `block_length` filled left to right, each in
+  steps / num_blocks steps. A block with m masks commits floor(m / s) tokens per step (the
+  remainder to its earliest steps): the candidates (Gumbel-max at `temperature`, argmax at
+  0) with the highest confidence, which is the probability of the drawn token, the top-1
+  minus top-2 probability, the negative entropy, or uniform noise.
+
+The network is only seen through `logits_fn(params, tokens, attention_mask)`.
+"""
+
+import dataclasses
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from dllm_jax import diffusion
+from dllm_jax.config import SAMPLERS
+
+Array = jax.Array
+TIME_GRIDS = ('uniform', 'cosine')
+
+
+class SamplingError(ValueError):
+  """Settings that cannot work; the message names the setting."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+  """Static settings of one sampler (hashable: each distinct one compiles once)."""
+  mask_id: int
+  vocab_size: int  # the tokenizer's: logits past it, and the mask's, are never drawn
+  eos_id: int = -1
+  sampler: str = 'low_confidence'
+  steps: int = 64
+  block_length: int = 0  # 0: the whole generation region is one block
+  temperature: float = 0.0
+  top_k: int = 0  # 0: off
+  top_p: float = 1.0  # 1: off
+  cfg_scale: float = 0.0  # classifier-free guidance weight w; 0: off
+  forbid_eos: bool = False
+  time_grid: str = 'uniform'  # ancestral only
+  schedule: diffusion.Schedule = diffusion.Schedule('linear')  # ancestral only
+
+
+class Sample(NamedTuple):
+  tokens: Array  # [B, L] the filled canvas
+  commit_step: Array  # [B, L] the step at which each position was committed; -1 if given
+
+
+def validate(cfg: SamplerConfig, canvas_len: int, gen_start: int) -> None:
+  """Raises SamplingError naming the first setting that cannot work for this canvas."""
+  if cfg.sampler not in SAMPLERS:
+    raise SamplingError(f'sampler: {cfg.sampler!r} is not one of {", ".join(SAMPLERS)}.')
+  if cfg.steps < 1:
+    raise SamplingError(f'steps: must be >= 1, got {cfg.steps}.')
+  if cfg.temperature < 0:
+    raise SamplingError(f'temperature: must be >= 0, got {cfg.temperature}.')
+  if not 0 < cfg.top_p <= 1:
+    raise SamplingError(f'top_p: must be in (0, 1], got {cfg.top_p}.')
+  if cfg.top_k < 0:
+    raise SamplingError(f'top_k: must be >= 0, got {cfg.top_k}.')
+  if cfg.time_grid not in TIME_GRIDS:
+    raise SamplingError(f'time_grid: {cfg.time_grid!r} is not one of {", ".join(TIME_GRIDS)}.')
+  if not 0 <= gen_start < canvas_len:
+    raise SamplingError(f'the prompt ({gen_start} tokens) leaves no room to generate in a '
+                        f'canvas of {canvas_len}.')
+  if cfg.sampler != 'ancestral':
+    gen_length = canvas_len - gen_start
+    block = cfg.block_length or gen_length
+    if block < 1 or gen_length % block:
+      raise SamplingError(f'block_length: {block} must divide gen_length={gen_length}.')
+    if cfg.steps % (gen_length // block):
+      raise SamplingError(f'steps: {cfg.steps} must be a multiple of the number of blocks '
+                          f'({gen_length // block} = gen_length / block_length).')
+
+
+def process_logits(logits_BxLxV: Array, cfg: SamplerConfig) -> Array:
+  """float32 logits with never-drawn ids removed, then top-k / top-p filtering."""
+  logits = logits_BxLxV.astype(jnp.float32)
+  allowed_V = diffusion.predictable(logits.shape[-1], cfg.mask_id, cfg.vocab_size)
+  if cfg.forbid_eos and cfg.eos_id >= 0:
+    allowed_V = allowed_V & (jnp.arange(logits.shape[-1]) != cfg.eos_id)
+  logits = jnp.where(allowed_V[None, None, :], logits, -jnp.inf)
+  if cfg.top_k:
+    kth = jax.lax.top_k(logits, cfg.top_k)[0][..., -1:]
+    logits = jnp.where(logits >= kth, logits, -jnp.inf)
+  if cfg.top_p < 1:
+    sorted_desc = -jnp.sort(-logits, axis=-1)
+    probs = jax.nn.softmax(sorted_desc, axis=-1)
+    # Keep a token if the mass strictly above it is below top_p (so the top-1 always stays).
+    mass_above = jnp.cumsum(probs, axis=-1) - probs
+    cutoff = jnp.min(jnp.where(mass_above < cfg.top_p, sorted_desc, jnp.inf), axis=-1,
+                     keepdims=True)
+    logits = jnp.where(logits >= cutoff, logits, -jnp.inf)
+  return logits
+
+
+def draw(key: Array, logits_BxLxV: Array, temperature: float) -> Array:
+  """Gumbel-max draw in float32 log space; temperature 0 is the argmax."""
+  if temperature == 0:
+    return jnp.argmax(logits_BxLxV, axis=-1).astype(jnp.int32)
+  gumbel = jax.random.gumbel(key, logits_BxLxV.shape, jnp.float32)
+  return jnp.argmax(logits_BxLxV / temperature + gumbel, axis=-1).astype(jnp.int32)
+
+
+def confidence(key: Array, logits_BxLxV: Array, x0_BxL: Array, kind: str) -> Array:
+  """Higher is more confident; computed from the filtered distribution at temperature 1."""
+  if kind == 'random':
+    return jax.random.uniform(key, x0_BxL.shape)
+  probs = jax.nn.softmax(logits_BxLxV, axis=-1)
+  if kind == 'low_confidence':
+    return jnp.take_along_axis(probs, x0_BxL[..., None], axis=-1)[..., 0]
+  if kind == 'margin':
+    top2 = jax.lax.top_k(probs, 2)[0]
+    return top2[..., 0] - top2[..., 1]
+  log_probs = jax.nn.log_softmax(logits_BxLxV, axis=-1)
+  return jnp.sum(jnp.where(probs > 0, probs * log_probs, 0.0), axis=-1)  # -entropy
+
+
+def _guided_logits(logits_fn, params, x_BxL, fixed_BxL, attention_mask, cfg):
+  """One model call; with guidance, on [conditional; prompt-masked] rows at once."""
+  if not cfg.cfg_scale:
+    return logits_fn(params, x_BxL, attention_mask)
+  unconditional = jnp.where(fixed_BxL, cfg.mask_id, x_BxL)
+  both = jnp.concatenate([x_BxL, unconditional], axis=0)
+  mask = None if attention_mask is None else jnp.concatenate([attention_mask] * 2, axis=0)
+  cond, uncond = jnp.split(logits_fn(params, both, mask), 2, axis=0)
+  cond, uncond = cond.astype(jnp.float32), uncond.astype(jnp.float32)
+  return uncond + (cfg.cfg_scale + 1.0) * (cond - uncond)
+
+
+def time_grid(steps: int, kind: str) -> Array:
+  """steps + 1 times from 1 down to 0."""
+  u = jnp.arange(steps + 1, dtype=jnp.float32) / steps
+  return 1.0 - u if kind == 'uniform' else jnp.cos(0.5 * jnp.pi * u)
+
+
+def sample(logits_fn: Callable, params, canvas_BxL: Array, key: Array, cfg: SamplerConfig,
+           gen_start: int, attention_mask_BxL: Array | None = None) -> Sample:
+  """Fills the masked positions of `canvas_BxL` in `cfg.steps` model calls.
+
+  `gen_start` is where the semi-autoregressive blocks begin (the prompt length when
+  generating after a prompt; 0 for infilling). Jit it with `cfg`, `gen_start` and
+  `logits_fn` static, e.g. `jax.jit(sample, static_argnums=(0, 4, 5))`.
+  """
+  validate(cfg, canvas_BxL.shape[1], gen_start)
+  fixed_BxL = canvas_BxL != cfg.mask_id
+  commit0 = jnp.where(fixed_BxL, -1, cfg.steps).astype(jnp.int32)
+  positions_L = jnp.arange(canvas_BxL.shape[1])
+
+  def model(x_BxL):
+    logits = _guided_logits(logits_fn, params, x_BxL, fixed_BxL, attention_mask_BxL, cfg)
+    return process_logits(logits, cfg)
+
+  if cfg.sampler == 'ancestral':
+    times = time_grid(cfg.steps, cfg.time_grid)
+
+    def step(carry, i):
+      x, commit = carry
+      draw_key, unmask_key = jax.random.split(jax.random.fold_in(key, i))
+      t, s = times[i], times[i + 1]
+      alpha_t, alpha_s = cfg.schedule.alpha(t), cfg.schedule.alpha(s)
+      p_unmask = jnp.where(i == cfg.steps - 1, 1.0, (alpha_s - alpha_t) / (1.0 - alpha_t))
+      x0 = draw(draw_key, model(x), cfg.temperature)
+      masked = x == cfg.mask_id
+      unmask = masked & (jax.random.uniform(unmask_key, x.shape) < p_unmask)
+      return (jnp.where(unmask, x0, x), jnp.where(unmask, i, commit)), None
+
+  else:
+    gen_length = canvas_BxL.shape[1] - gen_start
+    block = cfg.block_length or gen_length
+    steps_per_block = cfg.steps // (gen_length // block)
+    most_per_step = -(-block // steps_per_block)  # no step commits more than this
+    rows_B = jnp.arange(canvas_BxL.shape[0])[:, None]
+
+    def step(carry, i):
+      x, commit, block_masks_B = carry
+      draw_key, conf_key = jax.random.split(jax.random.fold_in(key, i))
+      j = i % steps_per_block
+      lo = gen_start + (i // steps_per_block) * block
+      in_block_BxL = ((x == cfg.mask_id) & (positions_L >= lo)[None, :]
+                      & (positions_L < lo + block)[None, :])
+      # The block's mask count, taken at its first step, sets how many commit per step.
+      block_masks_B = jnp.where(j == 0, in_block_BxL.sum(axis=1), block_masks_B)
+      k_B = block_masks_B // steps_per_block + (j < block_masks_B % steps_per_block)
+      logits = model(x)
+      x0 = draw(draw_key, logits, cfg.temperature)
+      conf = jnp.where(in_block_BxL, confidence(conf_key, logits, x0, cfg.sampler), -jnp.inf)
+      # Commit the k_B most confident positions of the block (ties go to the left).
+      _, top_BxK = jax.lax.top_k(conf, most_per_step)
+      chosen_BxK = jnp.arange(most_per_step)[None, :] < k_B[:, None]
+      commit_now = jnp.zeros_like(in_block_BxL).at[rows_B, top_BxK].max(chosen_BxK)
+      return (jnp.where(commit_now, x0, x), jnp.where(commit_now, i, commit),
+              block_masks_B), None
+
+  init = (canvas_BxL, commit0)
+  if cfg.sampler != 'ancestral':
+    init += (jnp.zeros(canvas_BxL.shape[0], jnp.int32),)
+  final, _ = jax.lax.scan(step, init, jnp.arange(cfg.steps))
+  return Sample(final[0], final[1])
+
+
+def conditional_nll(logits_fn: Callable, params, prompt_L: Array, answer_A: Array, key: Array,
+                    *, mask_id: int, vocab_size: int, mc_num: int = 128,
+                    batch_size: int = 16) -> tuple[Array, Array]:
+  """LLaDA's Monte Carlo estimate of -log p(answer | prompt) in nats, and its standard error.
+
+  Each draw masks l of the A answer tokens, uniformly at random, with l ~ Uniform{1..A}
+  stratified across the draws of a batch, and scores A / l times the summed cross-entropy of
+  the masked tokens; the prompt is never masked. `mc_num` draws in batches of `batch_size`.
+  """
+  if mc_num % batch_size:
+    raise SamplingError(f'mc_num: {mc_num} must be a multiple of batch_size={batch_size}.')
+  (n_prompt,), (n_answer,) = prompt_L.shape, answer_A.shape
+  sequence = jnp.concatenate([prompt_L, answer_A]).astype(jnp.int32)
+
+  def one_batch(key):
+    offset_key, perm_key = jax.random.split(key)
+    # l stratified over {1..A}: one shared uniform offset, spread evenly over the batch.
+    u = jax.random.uniform(offset_key) + jnp.arange(batch_size) / batch_size
+    l_B = 1 + jnp.floor(jnp.mod(u, 1.0) * n_answer).astype(jnp.int32)
+    scores = jax.random.uniform(perm_key, (batch_size, n_answer))
+    rank = jnp.argsort(jnp.argsort(scores, axis=1), axis=1)
+    masked_BxA = rank < l_B[:, None]  # a uniformly random subset of size l
+    masked_BxL = jnp.concatenate([jnp.zeros((batch_size, n_prompt), bool), masked_BxA], 1)
+    tokens = jnp.broadcast_to(sequence, masked_BxL.shape)
+    logits = logits_fn(params, jnp.where(masked_BxL, mask_id, tokens), None)
+    ce = diffusion.cross_entropy(logits, tokens, mask_id, vocab_size)
+    return (n_answer / l_B) * jnp.sum(jnp.where(masked_BxL, ce, 0.0), axis=1)
+
+  keys = jax.random.split(key, mc_num // batch_size)
+  draws = jax.lax.map(one_batch, keys).reshape(-1)
+  return draws.mean(), draws.std() / math.sqrt(mc_num)

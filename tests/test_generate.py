@@ -1,0 +1,126 @@
+"""dllm_jax.generate (Python and CLI) and --config.mode=eval on a freshly trained checkpoint."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import CONFIG_DIR, REPO, load_config
+from dllm_jax import checkpoint as ckpt_lib
+from dllm_jax import generate
+from dllm_jax import sampling
+from dllm_jax import train
+
+
+@pytest.fixture(scope='module')
+def trained(corpus_dir, tfds_dir, tmp_path_factory):
+  """The tiny config trained for 30 steps; its workdir and summary."""
+  config = load_config(os.path.join(CONFIG_DIR, 'llada_small.py'), 'tiny')
+  config.data.update(files=corpus_dir, data_dir=tfds_dir)
+  config.train.update(num_steps=30, checkpoint_every=30, eval_every=30, progress_bar=False)
+  workdir = str(tmp_path_factory.mktemp('trained'))
+  return workdir, train.train_and_evaluate(config, workdir), config
+
+
+def run_cli(module, *args):
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, capture_output=True,
+                        text=True, timeout=180, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+
+
+def test_training_ends_by_printing_samples_from_validation_prompts(trained):
+  _, summary, config = trained
+  assert len(summary['samples']) == config.sampling.num_samples
+  assert all(len(s) > 0 for s in summary['samples'])
+
+
+def test_generate_from_python(trained):
+  workdir = trained[0]
+  model = generate.load(workdir=workdir)
+  assert model.step == 30
+  out = generate.generate(model, ['def f(x):', 'return'], gen_length=16, steps=8,
+                          block_length=8, temperature=0.8, seed=1)
+  assert len(out) == 2
+  for completion in out:
+    assert completion.tokens.shape == (16,) and not np.any(completion.tokens == 259)
+    assert sorted(set(completion.commit_step.tolist())) == list(range(8))
+
+
+def test_left_padding_does_not_change_a_completion(trained):
+  """Rotary attention is relative and pads are masked out, so padding a prompt is a no-op."""
+  model = generate.load(workdir=trained[0])
+  alone = generate.generate(model, ['x = 1'], gen_length=8, steps=8, block_length=8)
+  padded = generate.generate(model, ['x = 1', 'a much longer prompt'], gen_length=8, steps=8,
+                             block_length=8)
+  np.testing.assert_array_equal(alone[0].tokens, padded[0].tokens)
+
+
+def test_output_is_cut_at_eos_unless_eos_is_forbidden(trained):
+  model = generate.load(workdir=trained[0])
+  eos = model.tokenizer.eos_id
+
+  def loves_eos(params, tokens, mask=None):
+    logits = jnp.zeros(tokens.shape + (model.config.vocab_size,))
+    return logits.at[:, :, eos].set(5.0).at[:, :, ord('a')].set(4.0)
+
+  fake = generate.Model(model.params, model.config, model.tokenizer, model.step,
+                        model.diffusion_schedule, logits_fn=loves_eos)
+  plain = generate.generate(fake, ['hi'], gen_length=8, steps=8, block_length=8)[0]
+  assert plain.text == '' and np.all(plain.tokens == eos)
+  forbidden = generate.generate(fake, ['hi'], gen_length=8, steps=8, block_length=8,
+                                forbid_eos=True)[0]
+  assert forbidden.text == 'a' * 8
+
+
+def test_denoising_frames_reveal_one_step_at_a_time(trained):
+  model = generate.load(workdir=trained[0])
+  completion = generate.generate(model, ['def'], gen_length=8, steps=4, block_length=8)[0]
+  frames = generate.denoising_frames(model.tokenizer, completion, 4)
+  assert [f.count(generate.MASK_GLYPH) for f in frames] == [6, 4, 2, 0]
+
+
+def test_prompt_longer_than_the_context_is_a_clear_error(trained):
+  model = generate.load(workdir=trained[0])
+  with pytest.raises(sampling.SamplingError, match='exceed the model.s context'):
+    generate.generate(model, ['x' * model.config.max_seq_len], gen_length=8, steps=8,
+                      block_length=8)
+
+
+def test_cli_prints_completions_and_steps(trained):
+  proc = run_cli('dllm_jax.generate', f'--workdir={trained[0]}', '--prompt=def f(x):',
+                 '--gen_length=8', '--steps=4', '--block_length=4', '--num_samples=2',
+                 '--show_steps')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.count('=== sample') == 2 and proc.stdout.count('--- step') == 4
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--gen_length=10', '--block_length=4'], 'block_length: 4 must divide gen_length=10'),
+    (['--steps=0'], 'steps: must be >= 1'),
+    (['--gen_length=8', '--block_length=4', '--steps=3'], 'steps: 3 must be a multiple'),
+])
+def test_cli_bad_settings_are_one_line_errors(trained, args, message):
+  proc = run_cli('dllm_jax.generate', f'--workdir={trained[0]}', '--prompt=x', *args)
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1].startswith(f'error: {message}'), proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+  with pytest.raises(ckpt_lib.CheckpointError, match='no checkpoint directory'):
+    generate.load(workdir=str(tmp_path))
+
+
+def test_eval_mode_reports_the_bounds_with_standard_errors(trained):
+  workdir, _, config = trained
+  config.mode = 'eval'
+  config.eval.update(t_samples=3, discrete_steps=8)
+  report = train.evaluate_checkpoint(config, workdir)
+  with open(os.path.join(workdir, 'eval_30.json'), encoding='utf-8') as f:
+    assert json.load(f) == json.loads(json.dumps(report))
+  for name in ('continuous', 'discrete_T8'):
+    assert 0 < report[name]['stderr_bits'] < report[name]['bits_per_token'] < 8.1
+  assert report['tokens'] > 0 and report['t_samples'] == 3

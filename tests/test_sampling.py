@@ -1,0 +1,296 @@
+"""Fixed-cost samplers and the Monte Carlo conditional likelihood."""
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dllm_jax import diffusion
+from dllm_jax import model as model_lib
+from dllm_jax import sampling
+from dllm_jax import sharding
+from dllm_jax.config import base_config
+
+V, MASK, EOS = 32, 30, 29  # data ids 0..30 (30 is the mask), 2 padded logits
+CFG = model_lib.ModelConfig(vocab_size=V + 2, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                            head_dim=8, mlp_dim=64)
+sample_jit = jax.jit(sampling.sample, static_argnums=(0, 4, 5))
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  params = model_lib.init_params(CFG, jax.random.key(0))
+  params['lm_head'] = params['lm_head'] * 50.0  # peaked, so argmax ties are rare
+  return model_lib.make_logits_fn(model_lib.abstract_model(CFG)[0]), params
+
+
+def settings(**kw):
+  return sampling.SamplerConfig(mask_id=MASK, vocab_size=V, eos_id=EOS, **kw)
+
+
+def prompt_canvas(batch=2, prompt_len=5, gen_length=16, seed=0):
+  prompt = jax.random.randint(jax.random.key(seed), (batch, prompt_len), 0, 28)
+  return jnp.concatenate([prompt, jnp.full((batch, gen_length), MASK)], axis=1)
+
+
+def infill_canvas():
+  """Masks in several runs between given tokens; rows differ in where the masks are."""
+  rng = np.random.default_rng(0)
+  canvas = rng.integers(0, 28, (3, 24))
+  for row in range(3):
+    canvas[row, rng.random(24) < 0.3 + 0.2 * row] = MASK
+  return jnp.asarray(canvas)
+
+
+def recording(logits_fn, log):
+  """logits_fn that records, at run time, every canvas it is called on."""
+  def wrapped(params, tokens, mask=None):
+    jax.debug.callback(lambda t: log.append(np.asarray(t)), tokens, ordered=True)
+    return logits_fn(params, tokens, mask)
+  return wrapped
+
+
+@pytest.mark.parametrize('sampler', sampling.SAMPLERS)
+def test_fills_every_mask_and_keeps_given_tokens(tiny, sampler):
+  logits_fn, params = tiny
+  canvas = infill_canvas()
+  out = sample_jit(logits_fn, params, canvas, jax.random.key(1),
+                   settings(sampler=sampler, steps=8, temperature=1.0), 0)
+  tokens, commit = np.asarray(out.tokens), np.asarray(out.commit_step)
+  given = np.asarray(canvas) != MASK
+  np.testing.assert_array_equal(tokens[given], np.asarray(canvas)[given])
+  assert not np.any(tokens == MASK) and np.all(tokens < V)
+  assert np.all(commit[given] == -1) and np.all((commit[~given] >= 0) & (commit[~given] < 8))
+
+
+def test_deterministic_given_the_key(tiny):
+  logits_fn, params = tiny
+  cfg = settings(steps=8, block_length=8, temperature=1.0)
+  run = lambda seed: np.asarray(sample_jit(logits_fn, params, prompt_canvas(),
+                                           jax.random.key(seed), cfg, 5).tokens)
+  np.testing.assert_array_equal(run(0), run(0))
+  assert not np.array_equal(run(0), run(1))
+
+
+def test_commits_the_scheduled_number_per_step_in_each_block(tiny):
+  logits_fn, params = tiny
+  canvas = infill_canvas()
+  steps, block = 9, 8  # 3 blocks of 8 positions, 3 steps each
+  out = sample_jit(logits_fn, params, canvas, jax.random.key(0),
+                   settings(steps=steps, block_length=block), 0)
+  commit = np.asarray(out.commit_step)
+  for row in range(canvas.shape[0]):
+    for b in range(3):
+      region = commit[row, b * block:(b + 1) * block]
+      m = int(np.sum(np.asarray(canvas)[row, b * block:(b + 1) * block] == MASK))
+      expected = [m // 3 + (j < m % 3) for j in range(3)]
+      got = [int(np.sum(region == b * 3 + j)) for j in range(3)]
+      assert got == expected, (row, b, m)
+
+
+@pytest.mark.parametrize('sampler', ['low_confidence', 'ancestral'])
+def test_committed_tokens_never_change(tiny, sampler):
+  logits_fn, params = tiny
+  log = []
+  canvas = prompt_canvas(gen_length=16)
+  out = sampling.sample(recording(logits_fn, log), params, canvas, jax.random.key(3),
+                        settings(sampler=sampler, steps=8, block_length=8, temperature=1.0), 5)
+  jax.block_until_ready(out)
+  frames = log + [np.asarray(out.tokens)]
+  for before, after in zip(frames, frames[1:]):
+    kept = before != MASK
+    np.testing.assert_array_equal(after[kept], before[kept])
+
+
+@pytest.mark.parametrize('cfg_scale', [0.0, 1.5])
+def test_model_is_called_exactly_steps_times(tiny, cfg_scale):
+  logits_fn, params = tiny
+  log = []
+  out = sampling.sample(recording(logits_fn, log), params, prompt_canvas(), jax.random.key(0),
+                        settings(steps=12, block_length=4, cfg_scale=cfg_scale), 5)
+  jax.block_until_ready(out)
+  assert len(log) == 12
+  assert log[0].shape[0] == (4 if cfg_scale else 2)  # guidance doubles the batch, not the calls
+
+
+def test_same_shapes_compile_once(tiny):
+  logits_fn, params = tiny
+  traces = []
+
+  def counting(p, t, m=None):
+    traces.append(t.shape)
+    return logits_fn(p, t, m)
+
+  run = jax.jit(sampling.sample, static_argnums=(0, 4, 5))
+  cfg = settings(steps=4, block_length=8)
+  for seed in range(3):
+    run(counting, params, prompt_canvas(seed=seed), jax.random.key(seed), cfg, 5)
+  assert len(traces) == 1
+  run(counting, params, prompt_canvas(batch=3), jax.random.key(0), cfg, 5)
+  assert len(traces) == 2
+
+
+def python_loop_reference(logits_fn, params, canvas):
+  """One token per step: the most confident masked position takes its argmax token."""
+  x = np.array(canvas)
+  while np.any(x == MASK):
+    logits = np.asarray(logits_fn(params, jnp.asarray(x)), np.float64)
+    logits[..., MASK] = -np.inf
+    logits[..., V:] = -np.inf
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    for row in range(x.shape[0]):
+      masked = np.flatnonzero(x[row] == MASK)
+      best = masked[np.argmax(probs[row, masked].max(-1))]
+      x[row, best] = np.argmax(probs[row, best])
+  return x
+
+
+def test_matches_a_python_loop_reference_token_for_token(tiny):
+  logits_fn, params = tiny
+  canvas = prompt_canvas(batch=3, prompt_len=4, gen_length=12)
+  out = sample_jit(logits_fn, params, canvas, jax.random.key(0), settings(steps=12), 4)
+  np.testing.assert_array_equal(out.tokens, python_loop_reference(logits_fn, params, canvas))
+
+
+def test_sharded_sampling_matches_unsharded(tiny):
+  logits_fn, params = tiny
+  config = base_config()
+  config.mesh.update(data=2, fsdp=2, tensor=2)
+  mesh = sharding.make_mesh(config.mesh)
+  canvas = prompt_canvas(batch=4)
+  cfg = settings(steps=8, block_length=8)
+  expected = sample_jit(logits_fn, params, canvas, jax.random.key(0), cfg, 5).tokens
+  _, abstract, axes = model_lib.abstract_model(CFG)
+  with sharding.use_mesh(mesh, config.logical_axis_rules):
+    sharded = jax.device_put(params, sharding.tree_shardings(mesh, config.logical_axis_rules,
+                                                             axes, abstract))
+    got = jax.jit(sampling.sample, static_argnums=(0, 4, 5))(
+        logits_fn, sharded, canvas, jax.random.key(0), cfg, 5).tokens
+  np.testing.assert_array_equal(got, expected)
+
+
+def test_draws_keep_a_one_in_a_thousand_tail():
+  probs = np.array([0.6, 0.299, 0.1, 0.001])
+  logits = jnp.log(jnp.asarray(probs, jnp.float32))[None, None, :]
+  n = 400_000
+  draws = sampling.draw(jax.random.key(0), jnp.broadcast_to(logits, (1, n, 4)), 1.0)
+  freq = np.bincount(np.asarray(draws).ravel(), minlength=4) / n
+  sigma = np.sqrt(probs * (1 - probs) / n)
+  assert np.all(np.abs(freq - probs) < 4 * sigma), (freq, probs)
+  assert freq[3] > 0.0007
+
+
+def test_temperature_sharpens_and_zero_is_argmax():
+  logits = jnp.log(jnp.array([0.5, 0.3, 0.2]))[None, None, :]
+  many = jnp.broadcast_to(logits, (1, 50_000, 3))
+  cold = np.bincount(np.asarray(sampling.draw(jax.random.key(0), many, 0.5)).ravel(), minlength=3)
+  assert cold[0] / 50_000 == pytest.approx(0.25 / 0.38, abs=0.01)  # p^2 renormalised
+  assert np.all(np.asarray(sampling.draw(jax.random.key(0), many, 0.0)) == 0)
+
+
+def test_top_k_top_p_and_forbidden_ids():
+  logits = jnp.log(jnp.array([0.4, 0.3, 0.15, 0.1, 0.05] + [1e-3] * 27))[None, None, :]
+  logits = logits.at[..., EOS].set(10.0)  # EOS would win ...
+  out = sampling.process_logits(logits, settings(forbid_eos=True, top_k=3))
+  assert np.isfinite(np.asarray(out)).sum() == 3  # ... but is forbidden; top 3 remain
+  assert np.all(np.isfinite(np.asarray(out[0, 0, :3])))
+  out = sampling.process_logits(logits, settings(forbid_eos=True, top_p=0.8))
+  assert np.flatnonzero(np.isfinite(np.asarray(out[0, 0]))).tolist() == [0, 1, 2]
+  out = sampling.process_logits(jnp.zeros((1, 1, V + 2)), settings())
+  assert not np.isfinite(np.asarray(out[0, 0, [MASK, V, V + 1]])).any()
+
+
+def test_guidance_combines_conditional_and_prompt_masked_passes():
+  seen = []
+
+  def fake(params, tokens, mask=None):
+    seen.append(tokens)
+    # Logit 0 counts unmasked tokens in the row: the guided pass sees the prompt masked.
+    count = jnp.sum(tokens != MASK, axis=1).astype(jnp.float32)
+    return jnp.zeros(tokens.shape + (V,)).at[:, :, 0].set(count[:, None])
+
+  canvas = prompt_canvas(batch=1, prompt_len=5, gen_length=3)
+  logits = sampling._guided_logits(fake, None, canvas, canvas != MASK, None,
+                                   settings(cfg_scale=2.0))
+  cond, uncond = 5.0, 0.0
+  np.testing.assert_allclose(logits[0, :, 0], uncond + 3.0 * (cond - uncond))
+  assert np.all(np.asarray(seen[0][1]) == MASK)
+
+
+def test_ancestral_single_step_fills_everything(tiny):
+  logits_fn, params = tiny
+  out = sample_jit(logits_fn, params, prompt_canvas(), jax.random.key(0),
+                   settings(sampler='ancestral', steps=1, time_grid='cosine'), 5)
+  assert not np.any(np.asarray(out.tokens) == MASK)
+
+
+def test_ancestral_unmasks_at_the_schedule_rate():
+  """With a linear schedule and a uniform grid, about 1/steps of the masks open per step."""
+  steps, n = 4, 4000
+  uniform = lambda p, t, m=None: jnp.zeros(t.shape + (V,))
+  canvas = jnp.full((1, n), MASK)
+  out = sampling.sample(uniform, None, canvas, jax.random.key(0),
+                        settings(sampler='ancestral', steps=steps, temperature=1.0), 0)
+  per_step = np.bincount(np.asarray(out.commit_step).ravel(), minlength=steps) / n
+  np.testing.assert_allclose(per_step, 1 / steps, atol=0.03)
+
+
+@pytest.mark.parametrize('kwargs, canvas_len, gen_start, message', [
+    (dict(steps=0), 21, 5, 'steps: must be >= 1'),
+    (dict(steps=8, block_length=5), 21, 5, 'block_length: 5 must divide gen_length=16'),
+    (dict(steps=6, block_length=4), 21, 5, 'steps: 6 must be a multiple of the number of blocks'),
+    (dict(sampler='greedy'), 21, 5, "sampler: 'greedy' is not one of"),
+    (dict(top_p=0.0), 21, 5, 'top_p'),
+    (dict(), 21, 21, 'leaves no room'),
+])
+def test_bad_settings_are_clear_errors(kwargs, canvas_len, gen_start, message):
+  with pytest.raises(sampling.SamplingError, match=message):
+    sampling.validate(settings(**kwargs), canvas_len, gen_start)
+
+
+def _exact_expected_nll(logits_fn, params, prompt, answer):
+  """E over l ~ U{1..A} and a uniform l-subset of (A / l) * sum of masked CE, enumerated."""
+  a = len(answer)
+  sequence = np.concatenate([prompt, answer])
+  total = 0.0
+  for l in range(1, a + 1):
+    subsets = list(itertools.combinations(range(a), l))
+    for subset in subsets:
+      tokens = sequence.copy()
+      tokens[len(prompt) + np.array(subset)] = MASK
+      logits = logits_fn(params, jnp.asarray(tokens)[None])
+      ce = diffusion.cross_entropy(logits, jnp.asarray(sequence)[None], MASK, V)[0]
+      total += (a / l) * float(ce[len(prompt) + np.array(subset)].sum()) / len(subsets) / a
+  return total
+
+
+def test_mc_likelihood_agrees_with_exact_enumeration(tiny):
+  logits_fn, _ = tiny
+  params = model_lib.init_params(CFG, jax.random.key(5))  # smooth logits: moderate variance
+  prompt, answer = np.array([3, 7, 1, 4]), np.array([9, 2, 11, 5])
+  exact = _exact_expected_nll(logits_fn, params, prompt, answer)
+  nll, stderr = jax.jit(sampling.conditional_nll, static_argnums=0,
+                        static_argnames=('mask_id', 'vocab_size', 'mc_num', 'batch_size'))(
+      logits_fn, params, jnp.asarray(prompt), jnp.asarray(answer), jax.random.key(0),
+      mask_id=MASK, vocab_size=V, mc_num=512, batch_size=32)
+  assert 0 < float(stderr) < 0.05 * exact
+  assert abs(float(nll) - exact) < 4 * float(stderr), (float(nll), exact, float(stderr))
+
+
+def test_mc_likelihood_ranks_the_likely_answer_first(tiny):
+  """Multiple choice: the answer the model itself produces scores best."""
+  logits_fn, params = tiny
+  prompt = np.array([3, 7, 1, 4, 8])
+  canvas = jnp.asarray(np.concatenate([prompt, [MASK] * 4]))[None]
+  own = np.asarray(sample_jit(logits_fn, params, canvas, jax.random.key(0),
+                              settings(steps=4), 5).tokens[0, 5:])
+  other = (own + 7) % 28
+  score = lambda ans: float(sampling.conditional_nll(
+      logits_fn, params, jnp.asarray(prompt), jnp.asarray(ans), jax.random.key(1),
+      mask_id=MASK, vocab_size=V, mc_num=64, batch_size=16)[0])
+  assert score(own) < score(other)
+  assert math.isfinite(score(own))
