@@ -244,3 +244,15 @@ def conditional_nll(logits_fn: Callable, params, prompt_L: Array, answer_A: Arra
   keys = jax.random.split(key, mc_num // batch_size)
   draws = jax.lax.map(one_batch, keys).reshape(-1)
   return draws.mean(), draws.std() / math.sqrt(mc_num)
+
+
+def multiple_choice(logits_fn: Callable, params, prompt_L: Array, choices: list[Array],
+                    key: Array, **nll_kwargs) -> tuple[int, list[float]]:
+  """Scores each answer by its estimated log-likelihood; returns (best index, NLLs in nats).
+
+  Every choice is scored with the same key, so the comparison shares its Monte Carlo draws
+  where the answers' lengths allow (common random numbers).
+  """
+  nlls = [float(conditional_nll(logits_fn, params, prompt_L, choice, key, **nll_kwargs)[0])
+          for choice in choices]
+  return min(range(len(nlls)), key=nlls.__getitem__), nlls

@@ -281,16 +281,15 @@ def test_mc_likelihood_agrees_with_exact_enumeration(tiny):
   assert abs(float(nll) - exact) < 4 * float(stderr), (float(nll), exact, float(stderr))
 
 
-def test_mc_likelihood_ranks_the_likely_answer_first(tiny):
-  """Multiple choice: the answer the model itself produces scores best."""
+def test_multiple_choice_picks_the_answer_the_model_prefers(tiny):
+  """The answer the model itself produces scores best among distractors."""
   logits_fn, params = tiny
   prompt = np.array([3, 7, 1, 4, 8])
   canvas = jnp.asarray(np.concatenate([prompt, [MASK] * 4]))[None]
   own = np.asarray(sample_jit(logits_fn, params, canvas, jax.random.key(0),
                               settings(steps=4), 5).tokens[0, 5:])
-  other = (own + 7) % 28
-  score = lambda ans: float(sampling.conditional_nll(
-      logits_fn, params, jnp.asarray(prompt), jnp.asarray(ans), jax.random.key(1),
-      mask_id=MASK, vocab_size=V, mc_num=64, batch_size=16)[0])
-  assert score(own) < score(other)
-  assert math.isfinite(score(own))
+  choices = [jnp.asarray((own + shift) % 28) for shift in (5, 0, 11)]
+  best, nlls = sampling.multiple_choice(logits_fn, params, jnp.asarray(prompt), choices,
+                                        jax.random.key(1), mask_id=MASK, vocab_size=V,
+                                        mc_num=64, batch_size=16)
+  assert best == 1 and all(math.isfinite(n) for n in nlls)
