@@ -19,6 +19,17 @@ class CheckpointError(RuntimeError):
   """A checkpoint that cannot be read or does not fit the current config."""
 
 
+def locate(path: str) -> tuple[str, int | None]:
+  """A run directory (holding checkpoints/), a checkpoints directory or one step's directory
+  -> (the checkpoints directory, the step, or None for the latest)."""
+  path = os.path.abspath(path.rstrip('/'))
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    return os.path.join(path, 'checkpoints'), None
+  if os.path.basename(path).isdigit():
+    return os.path.dirname(path), int(os.path.basename(path))
+  return path, None
+
+
 class Checkpointer:
 
   def __init__(self, directory: str, keep: int = 3, async_save: bool = True,
@@ -26,9 +37,12 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     if read_only and not os.path.isdir(self.directory):
       raise CheckpointError(f'no checkpoint directory at {self.directory}.')
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
-                                           read_only=read_only,
-                                           enable_async_checkpointing=async_save)
+    if read_only:
+      options = ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None,
+                                             save_interval_steps=0)
+    else:
+      options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             enable_async_checkpointing=async_save)
     self._manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={'state': ocp.StandardCheckpointHandler(),
@@ -80,7 +94,8 @@ class Checkpointer:
     """Only the parameters (or 'ema_params') of a checkpoint, onto `abstract_params`'s
     shardings: what sampling and evaluation need, without the optimizer state."""
     reader = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(read_only=True),
+        self.directory, options=ocp.CheckpointManagerOptions(
+            read_only=True, create=False, max_to_keep=None, save_interval_steps=0),
         item_handlers={'state': ocp.PyTreeCheckpointHandler()})
     try:
       if which == 'ema_params' and not self.read_meta(step).get('ema'):

@@ -11,7 +11,8 @@ SCHEDULES = ('linear', 'cosine', 'polynomial')
 REMAT_POLICIES = ('none', 'full', 'dots', 'dots_with_no_batch_dims')
 ATTENTION_IMPLS = ('xla', 'cudnn')
 DTYPES = ('float32', 'bfloat16')
-DATA_SOURCES = ('text_files', 'tfds')
+DATA_SOURCES = ('text_files', 'tfds', 'chat_jsonl')
+OBJECTIVES = ('elbo', 'sft')
 MODES = ('train', 'eval')
 SAMPLERS = ('ancestral', 'low_confidence', 'margin', 'entropy', 'random')
 MESH_AXES = ('data', 'fsdp', 'tensor')
@@ -57,7 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict(dict(
       source='text_files',
-      # text_files: a glob, a directory, or '' for the Python standard library's source tree.
+      # text_files: a glob, a directory, or '' for the Python standard library's source tree;
+      # chat_jsonl: a glob of JSONL conversations (for train.objective='sft').
       files='',
       validation_fraction=0.02,
       tfds_name='',  # for source='tfds', e.g. 'tiny_shakespeare' or 'lm1b'
@@ -71,6 +73,12 @@ def base_config() -> ml_collections.ConfigDict:
   ))
 
   c.train = ml_collections.ConfigDict(dict(
+      # 'elbo': pre-training on text; 'sft': fine-tuning on chat_jsonl conversations, the
+      # prompt never masked and the loss on the answer only (LLaDA's SFT).
+      objective='elbo',
+      # A checkpoint whose parameters start a new run (a converted LLaDA model, a workdir
+      # or a checkpoint path); '' starts from random weights. Ignored when resuming.
+      init_from='',
       batch_size=32,  # global, across all processes and microbatches
       microbatches=1,
       num_steps=1000,
@@ -109,6 +117,8 @@ def base_config() -> ml_collections.ConfigDict:
       sampler='ancestral',
       steps=32,
       temperature=1.0,
+      gen_length=0,  # tokens after the half-row prompt; 0: the row's second half
+      block_length=0,  # semi-autoregressive blocks (0: one block); ignored by ancestral
   ))
 
   # Sizes of the ('data', 'fsdp', 'tensor') mesh axes; one may be -1 for "the rest".
@@ -176,6 +186,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_choice(config, 'diffusion.schedule', SCHEDULES)
   _check_choice(config, 'data.source', DATA_SOURCES)
   _check_choice(config, 'sampling.sampler', SAMPLERS)
+  _check_choice(config, 'train.objective', OBJECTIVES)
+  if (t.objective == 'sft') != (d.source == 'chat_jsonl'):
+    _fail('train.objective', f"'sft' goes with data.source='chat_jsonl' and only with it; got "
+          f'{t.objective!r} with {d.source!r}.')
+  if t.objective == 'sft' and d.tokenizer == 'bytes':
+    _fail('data.tokenizer', "train.objective='sft' needs a tokenizer.json with a chat template "
+          'in the tokenizer_config.json beside it.')
   _check_positive(config, [
       'model.d_model', 'model.n_layers', 'model.n_heads', 'model.n_kv_heads', 'model.mlp_dim',
       'model.max_seq_len', 'model.rope_theta', 'model.norm_eps', 'model.vocab_multiple',
@@ -183,6 +200,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
       'data.seq_len', 'train.batch_size', 'train.microbatches', 'train.num_steps',
       'train.learning_rate', 'train.log_every', 'train.eval_every', 'train.eval_batches',
       'train.checkpoint_every', 'train.keep_checkpoints', 'sampling.steps'])
+  for field in ('sampling.gen_length', 'sampling.block_length'):
+    section, key = field.split('.')
+    if config[section][key] < 0:
+      _fail(field, f'must be >= 0, got {config[section][key]}.')
   if config.eval.t_samples < 2:
     _fail('eval.t_samples', f'must be >= 2 (for a standard error), got {config.eval.t_samples}.')
   if config.eval.discrete_steps < 0:

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 Array = jax.Array
 LN2 = math.log(2.0)
+AUX_SUMS = ('nelbo_sum', 'normalizer', 'masked', 'targets')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,8 +113,9 @@ def make_loss_fn(logits_fn: Callable, schedule: Schedule, mask_id: int, data_voc
   `data_vocab_size` is the tokenizer's: the network may have more logits (its vocabulary
   rounded up for sharding), which are never predicted, like the mask.
 
-  `batch` has 'tokens' [B, L] int32 and 'valid' [B, L] (0 for padding). aux holds the sums
-  needed to combine microbatches or hosts exactly: 'nelbo_sum' (nats) and 'num_tokens'.
+  `batch` has 'tokens' [B, L] int32 and 'valid' [B, L] (0 for padding). aux holds sums that
+  combine exactly over microbatches and hosts (AUX_SUMS): the loss is 'nelbo_sum' (nats) /
+  'normalizer' (here the number of valid tokens); 'masked' of 'targets' were masked.
   """
   end_terms = schedule.end_terms_per_token(num_classes(mask_id, data_vocab_size))
 
@@ -132,12 +134,11 @@ def make_loss_fn(logits_fn: Callable, schedule: Schedule, mask_id: int, data_voc
     logits_BxLxV = logits_fn(params, xt_BxL, valid_BxL)
     ce_BxL = cross_entropy(logits_BxLxV, tokens_BxL, mask_id, data_vocab_size)
     ce_BxL = jnp.where(masked_BxL, ce_BxL, 0.0)
-    num_tokens = valid_BxL.sum()
+    num_tokens = valid_BxL.sum().astype(jnp.float32)
     nelbo_sum = jnp.sum(weight_B * ce_BxL.sum(axis=1)) + end_terms * num_tokens
-    loss = nelbo_sum / jnp.maximum(num_tokens, 1)
-    aux = {'nelbo_sum': nelbo_sum, 'num_tokens': num_tokens,
-           'masked_fraction': masked_BxL.sum() / jnp.maximum(num_tokens, 1)}
-    return loss, aux
+    aux = {'nelbo_sum': nelbo_sum, 'normalizer': num_tokens,
+           'masked': masked_BxL.sum().astype(jnp.float32), 'targets': num_tokens}
+    return nelbo_sum / jnp.maximum(num_tokens, 1.0), aux
 
   return loss_fn
 
@@ -147,3 +148,33 @@ def report(nelbo_nats_per_token) -> dict[str, float]:
   nats = float(nelbo_nats_per_token)
   return {'nelbo_nats': nats, 'bits_per_token': nats / LN2,
           'perplexity_bound': math.exp(min(nats, 700.0))}
+
+
+def make_sft_loss_fn(logits_fn: Callable, schedule: Schedule, mask_id: int,
+                     data_vocab_size: int):
+  """Supervised fine-tuning on (prompt, answer) rows, as in LLaDA's guidelines.
+
+  `batch` adds 'prompt' [B, L] (True on prompt tokens). Only answer tokens (the answer and
+  the EOS that pads the row, which teach the model where to stop) are ever masked and
+  scored; the prompt is always visible. Each row's weighted cross-entropy is divided by its
+  answer length, and the loss is the mean over rows: 'normalizer' counts rows.
+  """
+
+  def loss_fn(params, batch, key):
+    tokens_BxL = batch['tokens']
+    valid_BxL = batch['valid'].astype(bool)
+    answer_BxL = valid_BxL & ~batch['prompt'].astype(bool)
+    t_key, mask_key = jax.random.split(key)
+    t_B = antithetic_times(t_key, tokens_BxL.shape[0])
+    xt_BxL, masked_BxL = corrupt(mask_key, tokens_BxL, answer_BxL, schedule.alpha(t_B), mask_id)
+    logits_BxLxV = logits_fn(params, xt_BxL, valid_BxL)
+    ce_BxL = cross_entropy(logits_BxLxV, tokens_BxL, mask_id, data_vocab_size)
+    ce_BxL = jnp.where(masked_BxL, ce_BxL, 0.0)
+    answer_len_B = answer_BxL.sum(axis=1).astype(jnp.float32)
+    per_row_B = schedule.weight(t_B) * ce_BxL.sum(axis=1) / jnp.maximum(answer_len_B, 1.0)
+    rows = (answer_len_B > 0).sum().astype(jnp.float32)
+    aux = {'nelbo_sum': per_row_B.sum(), 'normalizer': rows,
+           'masked': masked_BxL.sum().astype(jnp.float32), 'targets': answer_len_B.sum()}
+    return aux['nelbo_sum'] / jnp.maximum(rows, 1.0), aux
+
+  return loss_fn

@@ -3,9 +3,10 @@ r"""Generate text from a trained checkpoint, in the terminal or from Python.
   python -m dllm_jax.generate --workdir=DIR --prompt="def fibonacci(n):" --gen_length=128 \
       --steps=64 --block_length=32 --sampler=low_confidence --temperature=0 --num_samples=4
 
-loads the latest checkpoint of a training workdir (or --checkpoint=PATH, a step directory or
-a checkpoints directory) and prints the completions; --show_steps prints the canvas of the
-first sample as it denoises, step by step. From Python (notebooks):
+loads the latest checkpoint of a training workdir (or --checkpoint=PATH: a converted model or
+run directory, a checkpoints directory or a step directory) and prints the completions;
+--show_steps prints the canvas of the first sample as it denoises, step by step. From
+Python (notebooks):
 
   model = generate.load(workdir='/tmp/llada_small')
   completions = generate.generate(model, ['def fibonacci(n):'], gen_length=64, steps=64)
@@ -21,6 +22,7 @@ import numpy as np
 from absl import app, flags
 
 from dllm_jax import checkpoint as ckpt_lib
+from dllm_jax import cli
 from dllm_jax import diffusion
 from dllm_jax import model as model_lib
 from dllm_jax import sampling
@@ -42,6 +44,7 @@ class Model:
   step: int
   diffusion_schedule: diffusion.Schedule
   logits_fn: Any = None
+  tokenizer_path: str = 'bytes'  # tokenizer_config.json (chat template) sits beside it
 
   def __post_init__(self):
     if self.logits_fn is None:
@@ -50,7 +53,7 @@ class Model:
 
 @dataclasses.dataclass
 class Completion:
-  text: str  # the generated text, cut at the first EOS
+  text: str  # the generated text, cut at the first EOS (or end-of-turn)
   tokens: np.ndarray  # the generated ids, uncut
   commit_step: np.ndarray  # the step at which each generated position was committed
 
@@ -61,15 +64,24 @@ def _resolve(workdir: str | None, checkpoint: str | None) -> tuple[str, int | No
     raise ckpt_lib.CheckpointError('give exactly one of --workdir and --checkpoint.')
   if workdir:
     return os.path.join(workdir, 'checkpoints'), None
-  path = os.path.abspath(checkpoint.rstrip('/'))
-  if os.path.basename(path).isdigit():
-    return os.path.dirname(path), int(os.path.basename(path))
-  return path, None
+  return ckpt_lib.locate(checkpoint)
 
 
-def load(workdir: str | None = None, checkpoint: str | None = None,
-         use_ema: bool = False) -> Model:
-  """The parameters of a checkpoint (the latest of `workdir`'s, or `checkpoint`) on one device."""
+def _tokenizer_path(spec: str, checkpoints_dir: str) -> str:
+  """A tokenizer recorded relative to the run (as the converter does) or to the cwd."""
+  beside = os.path.join(os.path.dirname(checkpoints_dir), spec)
+  return beside if spec != 'bytes' and not os.path.isabs(spec) and os.path.exists(beside) else spec
+
+
+def load(workdir: str | None = None, checkpoint: str | None = None, use_ema: bool = False,
+         hf_dir: str | None = None, dtype: str = 'bfloat16') -> Model:
+  """A model on one device: the latest checkpoint of `workdir`, a `checkpoint` path, or a
+  Hugging Face LLaDA directory `hf_dir` read directly (in `dtype`)."""
+  if hf_dir:
+    from dllm_jax.convert import llada  # pylint: disable=g-import-not-at-top
+    params, config, tokenizer = llada.load_params(hf_dir, dtype)
+    return Model(params, config, tokenizer, 0, llada.LLADA_SCHEDULE,
+                 tokenizer_path=os.path.join(hf_dir, 'tokenizer.json'))
   directory, step = _resolve(workdir, checkpoint)
   with ckpt_lib.Checkpointer(directory, read_only=True) as checkpointer:
     step = checkpointer.latest_step() if step is None else step
@@ -78,7 +90,8 @@ def load(workdir: str | None = None, checkpoint: str | None = None,
                                      f'{directory}; train first or give another path.')
     meta = checkpointer.read_meta(step)
     config = model_lib.ModelConfig(**meta['model'])
-    tokenizer = make_tokenizer(meta['tokenizer'])
+    tokenizer_path = _tokenizer_path(meta['tokenizer'], directory)
+    tokenizer = make_tokenizer(tokenizer_path)
     if tokenizer.mask_id != meta['mask_id']:
       raise ckpt_lib.CheckpointError(
           f'the tokenizer {meta["tokenizer"]!r} gives mask id {tokenizer.mask_id}, but the '
@@ -88,17 +101,22 @@ def load(workdir: str | None = None, checkpoint: str | None = None,
                             model_lib.abstract_model(config)[1])
     params = checkpointer.restore_params(step, abstract, 'ema_params' if use_ema else 'params')
   schedule = diffusion.Schedule(**meta.get('schedule', {'kind': 'linear'}))
-  return Model(params, config, tokenizer, step, schedule)
+  return Model(params, config, tokenizer, step, schedule, tokenizer_path=tokenizer_path)
 
 
-def generate(model: Model, prompts: list[str], *, gen_length: int = 128, steps: int = 64,
-             block_length: int = 32, sampler: str = 'low_confidence',
-             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-             cfg_scale: float = 0.0, forbid_eos: bool = False, seed: int = 0,
-             time_grid: str = 'uniform') -> list[Completion]:
-  """Completes each prompt in one batch; prompts of different lengths are left-padded."""
+def generate(model: Model, prompts: list[str], **settings) -> list[Completion]:
+  """Completes each prompt in one batch; see `generate_ids` for the settings."""
+  return generate_ids(model, [model.tokenizer.encode(p) for p in prompts], **settings)
+
+
+def generate_ids(model: Model, encoded: list[np.ndarray], *, gen_length: int = 128,
+                 steps: int = 64, block_length: int = 32, sampler: str = 'low_confidence',
+                 temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                 cfg_scale: float = 0.0, forbid_eos: bool = False, seed: int = 0,
+                 time_grid: str = 'uniform') -> list[Completion]:
+  """Completes each tokenized prompt in one batch; shorter prompts are left-padded (and
+  masked out of attention), so every row's generation starts at the same position."""
   tok = model.tokenizer
-  encoded = [tok.encode(p) for p in prompts]
   prompt_len = max(len(e) for e in encoded)
   if gen_length < 1:
     raise sampling.SamplingError(f'gen_length: must be >= 1, got {gen_length}.')
@@ -112,7 +130,7 @@ def generate(model: Model, prompts: list[str], *, gen_length: int = 128, steps: 
       top_p=top_p, cfg_scale=cfg_scale, forbid_eos=forbid_eos, time_grid=time_grid,
       schedule=model.diffusion_schedule)
   sampling.validate(cfg, prompt_len + gen_length, prompt_len)
-  canvas = np.full((len(prompts), prompt_len + gen_length), tok.mask_id, np.int32)
+  canvas = np.full((len(encoded), prompt_len + gen_length), tok.mask_id, np.int32)
   attention_mask = np.ones(canvas.shape, bool)
   for row, ids in enumerate(encoded):
     canvas[row, :prompt_len - len(ids)] = tok.pad_id
@@ -122,10 +140,10 @@ def generate(model: Model, prompts: list[str], *, gen_length: int = 128, steps: 
                 None if attention_mask.all() else attention_mask)
   tokens, commits = jax.device_get(out)
   completions = []
-  for row in range(len(prompts)):
+  for row in range(len(encoded)):
     generated = tokens[row, prompt_len:]
-    eos = np.flatnonzero(generated == tok.eos_id)
-    text = tok.decode(generated[:eos[0]] if len(eos) else generated)
+    stop = np.flatnonzero(np.isin(generated, tok.stop_ids))
+    text = tok.decode(generated[:stop[0]] if len(stop) else generated)
     completions.append(Completion(text, generated, commits[row, prompt_len:]))
   return completions
 
@@ -152,47 +170,51 @@ def denoising_frames(tokenizer, completion: Completion, steps: int) -> list[str]
           for step in range(steps)]
 
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'A training workdir: its latest checkpoint.')
-_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'A checkpoint step directory, or a '
-                                  'checkpoints directory (its latest step).')
-_PROMPT = flags.DEFINE_string('prompt', '', 'The text to continue.')
-_GEN_LENGTH = flags.DEFINE_integer('gen_length', 128, 'Tokens to generate.')
-_STEPS = flags.DEFINE_integer('steps', 64, 'Denoising steps (model calls).')
-_BLOCK_LENGTH = flags.DEFINE_integer('block_length', 32, 'Semi-autoregressive block length '
-                                     '(must divide gen_length); ignored by ancestral.')
-_SAMPLER = flags.DEFINE_enum('sampler', 'low_confidence', SAMPLERS, 'The sampler.')
-_TEMPERATURE = flags.DEFINE_float('temperature', 0.0, '0 decodes greedily.')
-_TOP_K = flags.DEFINE_integer('top_k', 0, 'Keep the k most likely tokens; 0 keeps all.')
-_TOP_P = flags.DEFINE_float('top_p', 1.0, 'Nucleus sampling mass; 1 keeps all.')
-_CFG_SCALE = flags.DEFINE_float('cfg_scale', 0.0, 'Classifier-free guidance weight.')
-_FORBID_EOS = flags.DEFINE_bool('forbid_eos', False, 'Never generate EOS.')
-_NUM_SAMPLES = flags.DEFINE_integer('num_samples', 1, 'Completions of the prompt.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
-_SHOW_STEPS = flags.DEFINE_bool('show_steps', False, 'Print the first sample as it denoises.')
-_USE_EMA = flags.DEFINE_bool('use_ema', False, 'Sample with the EMA parameters.')
+def define_flags():
+  """The command line; defined only when this module is the program."""
+  flags.DEFINE_string('workdir', None, 'A training workdir: its latest checkpoint.')
+  flags.DEFINE_string('checkpoint', None, 'A converted model or run directory, a checkpoints '
+                      'directory (its latest step) or a step directory.')
+  flags.DEFINE_string('prompt', '', 'The text to continue.')
+  flags.DEFINE_integer('gen_length', 128, 'Tokens to generate.')
+  flags.DEFINE_integer('steps', 64, 'Denoising steps (model calls).')
+  flags.DEFINE_integer('block_length', 32, 'Semi-autoregressive block length (must divide '
+                       'gen_length); ignored by ancestral.')
+  flags.DEFINE_enum('sampler', 'low_confidence', SAMPLERS, 'The sampler.')
+  flags.DEFINE_float('temperature', 0.0, '0 decodes greedily.')
+  flags.DEFINE_integer('top_k', 0, 'Keep the k most likely tokens; 0 keeps all.')
+  flags.DEFINE_float('top_p', 1.0, 'Nucleus sampling mass; 1 keeps all.')
+  flags.DEFINE_float('cfg_scale', 0.0, 'Classifier-free guidance weight.')
+  flags.DEFINE_bool('forbid_eos', False, 'Never generate EOS.')
+  flags.DEFINE_integer('num_samples', 1, 'Completions of the prompt.')
+  flags.DEFINE_integer('seed', 0, 'Random seed.')
+  flags.DEFINE_bool('show_steps', False, 'Print the first sample as it denoises.')
+  flags.DEFINE_bool('use_ema', False, 'Sample with the EMA parameters.')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  cli.quiet_library_logs()
+  f = flags.FLAGS
   try:
-    if _NUM_SAMPLES.value < 1:
-      raise sampling.SamplingError(f'num_samples: must be >= 1, got {_NUM_SAMPLES.value}.')
-    model = load(_WORKDIR.value, _CHECKPOINT.value, _USE_EMA.value)
+    if f.num_samples < 1:
+      raise sampling.SamplingError(f'num_samples: must be >= 1, got {f.num_samples}.')
+    model = load(f.workdir, f.checkpoint, f.use_ema)
     completions = generate(
-        model, [_PROMPT.value] * _NUM_SAMPLES.value, gen_length=_GEN_LENGTH.value,
-        steps=_STEPS.value, block_length=_BLOCK_LENGTH.value, sampler=_SAMPLER.value,
-        temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
-        cfg_scale=_CFG_SCALE.value, forbid_eos=_FORBID_EOS.value, seed=_SEED.value)
+        model, [f.prompt] * f.num_samples, gen_length=f.gen_length, steps=f.steps,
+        block_length=f.block_length, sampler=f.sampler, temperature=f.temperature,
+        top_k=f.top_k, top_p=f.top_p, cfg_scale=f.cfg_scale, forbid_eos=f.forbid_eos,
+        seed=f.seed)
   except (sampling.SamplingError, ckpt_lib.CheckpointError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
-  if _SHOW_STEPS.value:
-    for step, frame in enumerate(denoising_frames(model.tokenizer, completions[0],
-                                                  _STEPS.value)):
-      print(f'--- step {step + 1}/{_STEPS.value}\n{_PROMPT.value}{frame}')
+  if f.show_steps:
+    for step, frame in enumerate(denoising_frames(model.tokenizer, completions[0], f.steps)):
+      print(f'--- step {step + 1}/{f.steps}\n{f.prompt}{frame}')
   for i, completion in enumerate(completions):
-    print(f'=== sample {i} (checkpoint step {model.step})\n{_PROMPT.value}{completion.text}')
+    print(f'=== sample {i} (checkpoint step {model.step})\n{f.prompt}{completion.text}')
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

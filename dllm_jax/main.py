@@ -1,18 +1,18 @@
 """Entry point: python -m dllm_jax.main --config=configs/llada_small.py --workdir=DIR.
 
 Parses flags, starts multi-host JAX when the config asks, logs the devices and calls
-`train.train_and_evaluate` (or, with --config.mode=eval, `train.evaluate_checkpoint`). Errors a person can fix (a bad config value, missing data, an
-unreadable checkpoint, a diverged run) end the program with one line saying what to do.
+`train.train_and_evaluate` (or, with --config.mode=eval, `train.evaluate_checkpoint`).
+Errors a person can fix (a bad config value, missing data, an unreadable checkpoint, a
+diverged run) end the program with one line saying what to do.
 """
 
-import logging as pylogging
 import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dllm_jax import checkpoint, config as config_lib, train
+from dllm_jax import checkpoint, cli, config as config_lib, train
 from dllm_jax.data import DataError
 from dllm_jax.sampling import SamplingError
 
@@ -37,17 +37,10 @@ def initialize_distributed(dist) -> None:
   jax.distributed.initialize(**kwargs)
 
 
-def _quiet_library_logs():
-  """Orbax and TFDS log every save and dataset load at INFO; keep only their warnings."""
-  noisy = ('/orbax/', '/tensorflow_datasets/', '/grain/')
-  logging.get_absl_handler().addFilter(
-      lambda r: r.levelno >= pylogging.WARNING or not any(n in r.pathname for n in noisy))
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  _quiet_library_logs()
+  cli.quiet_library_logs()
   config = _CONFIG.value
   try:
     config_lib.validate(config)

@@ -32,6 +32,12 @@ REMAT_POLICIES = {
 BATCH_LENGTH_EMBED = ('activation_batch', 'activation_length', 'activation_embed')
 
 
+# Fields that change how the network runs, not what it computes: a checkpoint made with
+# other values loads into this config.
+RUNTIME_FIELDS = ('param_dtype', 'dtype', 'scan_layers', 'remat_policy', 'attention_impl',
+                  'max_seq_len')
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   vocab_size: int

@@ -71,20 +71,23 @@ def make_optimizer(train_config) -> tuple[optax.GradientTransformation, optax.Sc
 
 
 def make_train_step(loss_fn, optimizer, schedule, microbatches: int, ema_decay: float):
-  """step(state, batch) -> (state, metrics); microbatches accumulate gradients in a scan."""
+  """step(state, batch) -> (state, metrics); microbatches accumulate gradients in a scan.
 
-  def grads_of(params, batch, key, total_tokens):
+  `loss_fn(params, batch, key)` reports sums (see diffusion.make_loss_fn): the gradients of
+  'nelbo_sum' are added over microbatches and divided once by the summed 'normalizer', so
+  k microbatches give exactly the update of one batch.
+  """
+
+  def grads_of(params, batch, key):
     def objective(p):
       _, aux = loss_fn(p, batch, key)
-      return aux['nelbo_sum'] / total_tokens, aux
+      return aux['nelbo_sum'], aux
     return jax.grad(objective, has_aux=True)(params)
 
   def train_step(state: TrainState, batch):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    total_tokens = jnp.maximum(batch['valid'].sum(), 1).astype(jnp.float32)
     if microbatches == 1:
-      grads, aux = grads_of(state.params, batch, key, total_tokens)
-      nelbo_sum, masked = aux['nelbo_sum'], aux['masked_fraction'] * aux['num_tokens']
+      grads, sums = grads_of(state.params, batch, key)
     else:
       # [B, ...] -> [k, B/k, ...] so that each microbatch keeps every device's rows.
       split = lambda x: x.reshape(x.shape[0] // microbatches, microbatches,
@@ -93,24 +96,24 @@ def make_train_step(loss_fn, optimizer, schedule, microbatches: int, ema_decay: 
       def accumulate(carry, i_batch):
         i, micro = i_batch
         micro = jax.tree.map(lambda x: sharding.constrain(x, BATCH_AXES), micro)
-        g, aux = grads_of(state.params, micro, jax.random.fold_in(key, i), total_tokens)
-        acc_g, acc_nelbo, acc_masked = carry
-        return (jax.tree.map(jnp.add, acc_g, g), acc_nelbo + aux['nelbo_sum'],
-                acc_masked + aux['masked_fraction'] * aux['num_tokens']), None
+        return jax.tree.map(jnp.add, carry,
+                            grads_of(state.params, micro, jax.random.fold_in(key, i))), None
 
-      zeros = jax.tree.map(jnp.zeros_like, state.params)
-      (grads, nelbo_sum, masked), _ = jax.lax.scan(
-          accumulate, (zeros, 0.0, 0.0),
+      zero_sums = {k: jnp.zeros((), jnp.float32) for k in diffusion.AUX_SUMS}
+      (grads, sums), _ = jax.lax.scan(
+          accumulate, (jax.tree.map(jnp.zeros_like, state.params), zero_sums),
           (jnp.arange(microbatches), jax.tree.map(split, batch)))
+    normalizer = jnp.maximum(sums['normalizer'], 1.0)
+    grads = jax.tree.map(lambda g: g / normalizer.astype(g.dtype), grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = state.ema_params
     if ema_decay:
       ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
-    loss = nelbo_sum / total_tokens
+    loss = sums['nelbo_sum'] / normalizer
     metrics = {'loss': loss, 'bits_per_token': loss / diffusion.LN2,
                'grad_norm': optax.tree.norm(grads), 'learning_rate': schedule(state.step),
-               'masked_fraction': masked / total_tokens}
+               'masked_fraction': sums['masked'] / jnp.maximum(sums['targets'], 1.0)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                          ema_params=ema), metrics
 
@@ -120,7 +123,7 @@ def make_train_step(loss_fn, optimizer, schedule, microbatches: int, ema_decay: 
 def make_eval_step(loss_fn):
   def eval_step(params, batch, key):
     _, aux = loss_fn(params, batch, key)
-    return aux['nelbo_sum'], aux['num_tokens']
+    return aux['nelbo_sum'], aux['normalizer']
   return eval_step
 
 
@@ -134,9 +137,10 @@ class Experiment:
   sampler_config: sampling.SamplerConfig  # for the samples printed at the end of training
   abstract_state: TrainState  # ShapeDtypeStructs carrying their shardings
   batch_sharding: jax.sharding.NamedSharding
-  init: Any
+  init: Any  # () -> a fresh TrainState
+  init_from_params: Any  # params -> a TrainState starting from them
   train_step: Any
-  eval_step: Any  # (params, batch, key) -> (nelbo_sum, num_tokens), continuous time
+  eval_step: Any  # (params, batch, key) -> (nelbo_sum, normalizer), continuous time
   discrete_eval_step: Any  # the same for the discrete-time bound; None without one
   meta: dict  # what a checkpoint must agree with
 
@@ -191,34 +195,56 @@ def build(config, mesh, tokenizer) -> Experiment:
 
   logits_fn = model_lib.make_logits_fn(graphdef)
   noise = diffusion.schedule_from_config(config.diffusion)
-  loss_fn, discrete_loss_fn = (
-      diffusion.make_loss_fn(logits_fn, noise, tokenizer.mask_id, tokenizer.vocab_size, steps)
-      for steps in (0, config.eval.discrete_steps))
+  ids = (tokenizer.mask_id, tokenizer.vocab_size)
+  discrete_loss_fn = None
+  if t.objective == 'sft':
+    loss_fn = diffusion.make_sft_loss_fn(logits_fn, noise, *ids)
+  else:
+    loss_fn = diffusion.make_loss_fn(logits_fn, noise, *ids)
+    if config.eval.discrete_steps:
+      discrete_loss_fn = diffusion.make_loss_fn(logits_fn, noise, *ids,
+                                                config.eval.discrete_steps)
   batch_sh = sharding.named_sharding(mesh, rules, BATCH_AXES)
-  batch_tree = {'tokens': batch_sh, 'valid': batch_sh}
+  batch_tree = {k: batch_sh for k in batch_fields(config)}
   train_step = jax.jit(make_train_step(loss_fn, optimizer, schedule, t.microbatches, t.ema_decay),
                        in_shardings=(state_sh, batch_tree), out_shardings=(state_sh, replicated),
                        donate_argnums=0)
   eval_step, discrete_eval_step = (
-      jax.jit(make_eval_step(fn), in_shardings=(param_sh, batch_tree, replicated),
-              out_shardings=replicated) for fn in (loss_fn, discrete_loss_fn))
+      fn and jax.jit(make_eval_step(fn), in_shardings=(param_sh, batch_tree, replicated),
+                     out_shardings=replicated) for fn in (loss_fn, discrete_loss_fn))
+  init_from_params = jax.jit(
+      lambda params: init_fn(rng).replace(params=params, opt_state=optimizer.init(params),
+                                          ema_params=params if t.ema_decay else {}),
+      in_shardings=(param_sh,), out_shardings=state_sh)
   meta = {'model': dataclasses.asdict(model_config), 'tokenizer': config.data.tokenizer,
           'mask_id': tokenizer.mask_id, 'schedule': dataclasses.asdict(noise),
           # These two change the optimizer state's structure.
           'gradient_clipping': t.grad_clip > 0, 'ema': t.ema_decay > 0}
   return Experiment(config, model_config, tokenizer, logits_fn,
                     _sampler_config(config, tokenizer, noise), abstract, batch_sh,
-                    jax.jit(lambda: init_fn(rng), out_shardings=state_sh), train_step,
-                    eval_step, discrete_eval_step if config.eval.discrete_steps else None, meta)
+                    jax.jit(lambda: init_fn(rng), out_shardings=state_sh), init_from_params,
+                    train_step, eval_step, discrete_eval_step, meta)
+
+
+def batch_fields(config) -> tuple[str, ...]:
+  return ('tokens', 'valid', 'prompt') if config.train.objective == 'sft' else ('tokens', 'valid')
+
+
+def _sample_lengths(config) -> tuple[int, int]:
+  """(prompt, generation) lengths of the closing samples."""
+  prompt_len = config.data.seq_len // 2
+  return prompt_len, config.sampling.gen_length or config.data.seq_len - prompt_len
 
 
 def _sampler_config(config, tokenizer, noise) -> sampling.SamplerConfig:
   s = config.sampling
   cfg = sampling.SamplerConfig(mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size,
                                eos_id=tokenizer.eos_id, sampler=s.sampler, steps=s.steps,
-                               temperature=s.temperature, schedule=noise)
+                               block_length=s.block_length, temperature=s.temperature,
+                               schedule=noise)
+  prompt_len, gen_length = _sample_lengths(config)
   try:
-    sampling.validate(cfg, config.data.seq_len, config.data.seq_len // 2)
+    sampling.validate(cfg, prompt_len + gen_length, prompt_len)
   except sampling.SamplingError as e:
     raise ConfigError(f'config.sampling.{e}') from e
   return cfg
@@ -302,10 +328,47 @@ def _streams(config, tokenizer, roles) -> dict:
           for role in roles}
 
 
-def _eval_data(config, tokenizer, stream) -> list[dict]:
-  return data_lib.eval_batches(stream, tokenizer, seq_len=config.data.seq_len,
-                               batch_size=config.train.batch_size // jax.process_count(),
-                               num_batches=config.train.eval_batches)
+def _data(config, tokenizer, with_train: bool = True):
+  """(this process's training iterator or None, its fixed validation batches)."""
+  d, t = config.data, config.train
+  local_batch = t.batch_size // jax.process_count()
+  if t.objective == 'sft':
+    pidx, pcount = jax.process_index(), jax.process_count()
+    template = data_lib.ChatTemplate(os.path.join(os.path.dirname(d.tokenizer),
+                                                  'tokenizer_config.json'))
+    splits = data_lib.open_chat_records(d)
+    train_iter = with_train and data_lib.sft_iterator(
+        splits['train'], tokenizer, template, seq_len=d.seq_len, batch_size=local_batch,
+        seed=d.shuffle_seed, process_index=pidx, process_count=pcount)
+    eval_data = data_lib.sft_eval_batches(
+        splits['eval'], tokenizer, template, seq_len=d.seq_len, batch_size=local_batch,
+        num_batches=t.eval_batches, process_index=pidx, process_count=pcount)
+    return train_iter or None, eval_data
+  streams = _streams(config, tokenizer, ('train', 'eval') if with_train else ('eval',))
+  train_iter = with_train and data_lib.train_iterator(
+      streams['train'], tokenizer, seq_len=d.seq_len, batch_size=local_batch,
+      seed=d.shuffle_seed)
+  eval_data = data_lib.eval_batches(streams['eval'], tokenizer, seq_len=d.seq_len,
+                                    batch_size=local_batch, num_batches=t.eval_batches)
+  return train_iter or None, eval_data
+
+
+def _initial_params(exp: Experiment, source: str):
+  """The parameters of `source` (a converted model, a workdir or a checkpoint path)."""
+  directory, step = ckpt_lib.locate(source)
+  with ckpt_lib.Checkpointer(directory, read_only=True) as checkpointer:
+    step = checkpointer.latest_step() if step is None else step
+    if step is None:
+      raise ckpt_lib.CheckpointError(f'config.train.init_from: no checkpoint in {source}.')
+    saved = checkpointer.read_meta(step)['model']
+    ours = dataclasses.asdict(exp.model_config)
+    differ = sorted(k for k in ours if k not in model_lib.RUNTIME_FIELDS
+                    and saved.get(k) != ours[k])
+    if differ:
+      raise ckpt_lib.CheckpointError(
+          f'config.train.init_from: {source} holds another model ('
+          + ', '.join(f'{k}: {saved.get(k)!r} vs {ours[k]!r}' for k in differ) + ').')
+    return checkpointer.restore_params(step, exp.abstract_state.params)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
@@ -318,11 +381,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   workdir = os.path.abspath(workdir)
   mesh = sharding.make_mesh(config.mesh, devices)
   tokenizer = data_lib.make_tokenizer(config.data.tokenizer)
-  streams = _streams(config, tokenizer, ('train', 'eval'))
-  train_iter = data_lib.train_iterator(streams['train'], tokenizer, seq_len=config.data.seq_len,
-                                       batch_size=t.batch_size // jax.process_count(),
-                                       seed=config.data.shuffle_seed)
-  eval_data = _eval_data(config, tokenizer, streams['eval'])
+  train_iter, eval_data = _data(config, tokenizer)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
@@ -333,9 +392,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     mc = exp.model_config
     logging.info('model: %s; %.2fM parameters (%.2fM without the embedding)', mc,
                  mc.num_params() / 1e6, mc.num_params(include_embedding=False) / 1e6)
-    abstract_batch = {k: jax.ShapeDtypeStruct((t.batch_size, config.data.seq_len), dt,
+    abstract_batch = {k: jax.ShapeDtypeStruct((t.batch_size, config.data.seq_len),
+                                              jnp.int32 if k == 'tokens' else jnp.bool_,
                                               sharding=exp.batch_sharding)
-                      for k, dt in (('tokens', jnp.int32), ('valid', jnp.bool_))}
+                      for k in batch_fields(config)}
     start = time.perf_counter()
     train_step = exp.train_step.lower(exp.abstract_state, abstract_batch).compile()
     logging.info('compiled the train step in %.1fs', time.perf_counter() - start)
@@ -344,7 +404,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     with ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=t.keep_checkpoints,
                                async_save=t.async_checkpointing) as checkpointer:
       latest = checkpointer.latest_step()
-      if latest is None:
+      if latest is None and t.init_from:
+        state = exp.init_from_params(_initial_params(exp, t.init_from))
+        logging.info('starting from the parameters of %s', t.init_from)
+      elif latest is None:
         state = exp.init()
         logging.info('initialised a new model')
       else:
@@ -368,7 +431,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   config_lib.validate(config)
   mesh = sharding.make_mesh(config.mesh)
   tokenizer = data_lib.make_tokenizer(config.data.tokenizer)
-  eval_data = _eval_data(config, tokenizer, _streams(config, tokenizer, ('eval',))['eval'])
+  _, eval_data = _data(config, tokenizer, with_train=False)
   with sharding.use_mesh(mesh, config.logical_axis_rules):
     exp = build(config, mesh, tokenizer)
     with ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
@@ -408,10 +471,10 @@ def _print_samples(exp: Experiment, params, eval_data) -> list[str]:
   n = exp.config.sampling.num_samples
   if not n:
     return []
-  tok, seq_len = exp.tokenizer, exp.config.data.seq_len
-  prompt_len = seq_len // 2
-  tokens = global_batch(eval_data[0], exp.batch_sharding)['tokens']
-  canvas = jnp.where(jnp.arange(seq_len)[None, :] < prompt_len, tokens, tok.mask_id)
+  tok = exp.tokenizer
+  prompt_len, gen_length = _sample_lengths(exp.config)
+  tokens = global_batch(eval_data[0], exp.batch_sharding)['tokens'][:, :prompt_len]
+  canvas = jnp.concatenate([tokens, jnp.full((tokens.shape[0], gen_length), tok.mask_id)], 1)
   out = jax.jit(sampling.sample, static_argnums=(0, 4, 5))(
       exp.logits_fn, params, canvas, jax.random.key(exp.config.seed), exp.sampler_config,
       prompt_len)

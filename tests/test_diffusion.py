@@ -107,7 +107,7 @@ def test_padding_never_changes_the_loss():
   key = jax.random.key(2)
   (loss_a, aux_a), (loss_b, aux_b) = loss_fn(params, batch, key), loss_fn(params, other, key)
   np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
-  assert int(aux_a['num_tokens']) == int(valid.sum())
+  assert int(aux_a['normalizer']) == int(valid.sum())
   np.testing.assert_allclose(aux_a['nelbo_sum'], aux_b['nelbo_sum'], rtol=1e-6)
 
 

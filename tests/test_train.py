@@ -190,7 +190,8 @@ def test_gradient_accumulation_equals_the_full_batch_gradient():
     err = (batch['tokens'].astype(jnp.float32) * params['w'] - 1.0) ** 2
     nelbo_sum = jnp.sum(jnp.where(batch['valid'], err, 0.0))
     n = batch['valid'].sum()
-    return nelbo_sum / n, {'nelbo_sum': nelbo_sum, 'num_tokens': n, 'masked_fraction': 1.0}
+    return nelbo_sum / n, {'nelbo_sum': nelbo_sum, 'normalizer': n.astype(jnp.float32),
+                           'masked': n.astype(jnp.float32), 'targets': n.astype(jnp.float32)}
 
   optimizer = optax.sgd(0.1)
   schedule = lambda step: 0.1
@@ -211,7 +212,8 @@ def test_ema_tracks_the_parameters():
   def loss_fn(params, batch, key):
     del batch, key
     s = jnp.sum(params['w'] ** 2)
-    return s, {'nelbo_sum': s, 'num_tokens': 1, 'masked_fraction': 1.0}
+    one = jnp.float32(1.0)
+    return s, {'nelbo_sum': s, 'normalizer': one, 'masked': one, 'targets': one}
 
   optimizer = optax.sgd(0.5)
   params = {'w': jnp.ones(3)}
@@ -220,8 +222,7 @@ def test_ema_tracks_the_parameters():
                            rng=jax.random.key_data(jax.random.key(0)))
   batch = {'tokens': jnp.zeros((2, 2), jnp.int32), 'valid': jnp.ones((2, 2), bool)}
   new, _ = train.make_train_step(loss_fn, optimizer, lambda s: 0.5, 1, 0.9)(state, batch)
-  # The step's loss is per valid token (4 here): w = 1 - 0.5 * 2w / 4.
-  np.testing.assert_allclose(new.params['w'], 0.75 * np.ones(3), rtol=1e-6)
+  np.testing.assert_allclose(new.params['w'], np.zeros(3), atol=1e-6)  # w = 1 - 0.5 * 2w
   np.testing.assert_allclose(new.ema_params['w'], 0.9 * 1.0 + 0.1 * new.params['w'], rtol=1e-6)
 
 

@@ -83,3 +83,51 @@ def eval_batches(stream: np.ndarray, tokenizer, *, seq_len: int, batch_size: int
   return [{k: np.stack([r[k] for r in picked[b * batch_size:(b + 1) * batch_size]])
            for k in ('tokens', 'valid')} for b in range(num_batches)]
 
+
+
+def sft_row(messages: list[dict], tokenizer, template, seq_len: int) -> dict | None:
+  """The prompt (all turns but the last, with the assistant header) then the answer and
+  end-of-turn, padded with EOS to `seq_len`; None when the prompt leaves no room."""
+  prompt = template.encode(tokenizer, messages[:-1], add_generation_prompt=True)
+  answer = tokenizer.encode(messages[-1]['content'].strip())
+  end_of_turn = tokenizer.stop_ids[1:]  # <|eot_id|> where the tokenizer has it
+  answer = np.concatenate([answer, np.asarray(end_of_turn, np.int32)])
+  if len(prompt) >= seq_len:
+    return None
+  tokens = np.full(seq_len, tokenizer.eos_id, np.int32)
+  row = np.concatenate([prompt, answer])[:seq_len]
+  tokens[:len(row)] = row
+  return {'tokens': tokens, 'valid': np.ones(seq_len, bool),
+          'prompt': np.arange(seq_len) < len(prompt)}
+
+
+def sft_iterator(conversations, tokenizer, template, *, seq_len: int, batch_size: int,
+                 seed: int, process_index: int = 0,
+                 process_count: int = 1) -> grain.DatasetIterator:
+  """Endless shuffled batches of SFT rows from this process's share of the conversations.
+
+  Rows are rendered lazily; conversations whose prompt alone fills `seq_len` are skipped.
+  """
+  mine = grain.MapDataset.source(conversations)[process_index::process_count]
+  sample = [mine[i] for i in range(min(len(mine), 256))]
+  if not any(sft_row(m, tokenizer, template, seq_len) for m in sample):
+    raise DataError(f'no conversation among the first {len(sample)} leaves room for an answer '
+                    f'within data.seq_len={seq_len}.')
+  render = lambda m: sft_row(m, tokenizer, template, seq_len)
+  ds = mine.shuffle(seed=seed).repeat(None).map(render).to_iter_dataset()
+  ds = ds.filter(lambda row: row is not None).batch(batch_size, drop_remainder=True)
+  return iter(ds)
+
+
+def sft_eval_batches(conversations, tokenizer, template, *, seq_len: int, batch_size: int,
+                     num_batches: int, process_index: int = 0,
+                     process_count: int = 1) -> list[dict]:
+  """Fixed validation batches of SFT rows; short splits are padded with rows that count for
+  nothing, so every process runs `num_batches` steps."""
+  rows = [r for r in (sft_row(m, tokenizer, template, seq_len)
+                      for m in conversations[process_index::process_count]) if r is not None]
+  empty = {'tokens': np.full(seq_len, tokenizer.eos_id, np.int32),
+           'valid': np.zeros(seq_len, bool), 'prompt': np.zeros(seq_len, bool)}
+  rows = (rows + [empty] * (num_batches * batch_size))[:num_batches * batch_size]
+  return [{k: np.stack([r[k] for r in rows[b * batch_size:(b + 1) * batch_size]])
+           for k in empty} for b in range(num_batches)]

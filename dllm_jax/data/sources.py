@@ -7,10 +7,15 @@ validation record (the rest), so any corpus, one file or thousands, has both spl
 
 Named TFDS datasets (`tiny_shakespeare`, `lm1b`, ...) are prepared when the machine is
 online; offline, `open_sources` says so in one line and how to use `text_files` instead.
+
+`chat_jsonl` (for supervised fine-tuning) reads conversations from local JSONL files, one per
+line: {"messages": [{"role": ..., "content": ...}, ...]} ending with the assistant's answer,
+or {"prompt": ..., "response": ...}.
 """
 
 import glob
 import hashlib
+import json
 import os
 import socket
 import sysconfig
@@ -152,3 +157,42 @@ def open_sources(data_config, is_coordinator: bool = True, barrier=lambda: None)
     sources[role] = Split(builder.as_data_source(split=split),
                           os.path.join(builder.data_dir, 'token_cache', split))
   return sources
+
+
+def _conversation(record, where: str) -> list[dict]:
+  if isinstance(record, dict) and 'messages' in record:
+    messages = record['messages']
+  elif isinstance(record, dict) and 'prompt' in record and 'response' in record:
+    messages = [{'role': 'user', 'content': record['prompt']},
+                {'role': 'assistant', 'content': record['response']}]
+  else:
+    raise DataError(f'{where}: expected {{"messages": [...]}} or {{"prompt", "response"}}.')
+  if (not isinstance(messages, list) or len(messages) < 2
+      or not all(isinstance(m, dict) and {'role', 'content'} <= set(m) for m in messages)
+      or messages[-1]['role'] != 'assistant'):
+    raise DataError(f'{where}: a conversation needs role/content messages ending with the '
+                    'assistant\'s answer.')
+  return messages
+
+
+def open_chat_records(data_config) -> dict[str, list[list[dict]]]:
+  """{'train': conversations, 'eval': conversations} from `data.files` (JSONL)."""
+  conversations = []
+  for path in resolve_files(data_config.files):
+    with open(path, encoding='utf-8') as f:
+      for number, line in enumerate(f, start=1):
+        if not line.strip():
+          continue
+        where = f'{path}:{number}'
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise DataError(f'{where}: not JSON ({e.msg}).') from e
+        conversations.append(_conversation(record, where))
+  every = max(2, round(1 / data_config.validation_fraction))
+  splits = {'train': [c for i, c in enumerate(conversations) if i % every],
+            'eval': [c for i, c in enumerate(conversations) if not i % every]}
+  if not splits['train'] or not splits['eval']:
+    raise DataError(f'config.data.files: {len(conversations)} conversations are too few for a '
+                    'train and a validation split.')
+  return splits

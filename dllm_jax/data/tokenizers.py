@@ -2,8 +2,9 @@
 
 Every tokenizer exposes the same small surface: `encode`, `decode`, `vocab_size` (all ids,
 special ones included), the special ids `pad_id`, `bos_id`, `eos_id`, `mask_id`, and a
-`fingerprint` that names its token ids in caches. The mask id never occurs in encoded text,
-so the model can be forbidden to predict it.
+`fingerprint` that names its token ids in caches, and `stop_ids`, the ids that end a
+generation. The mask id never occurs in encoded text, so the model can be forbidden to
+predict it.
 """
 
 import hashlib
@@ -18,6 +19,7 @@ HF_SPECIAL_TOKENS = {
     'eos': '<|endoftext|>',
     'mask': '<|mdm_mask|>',
 }
+END_OF_TURN = '<|eot_id|>'  # also ends a generation, where the tokenizer has it
 
 
 class ByteTokenizer:
@@ -26,6 +28,7 @@ class ByteTokenizer:
   pad_id, bos_id, eos_id, mask_id = 256, 257, 258, 259
   vocab_size = 260
   fingerprint = 'bytes'
+  stop_ids = (eos_id,)
 
   def encode(self, text: str | bytes) -> np.ndarray:
     data = text.encode('utf-8') if isinstance(text, str) else bytes(text)
@@ -57,6 +60,11 @@ class HFTokenizer:
       setattr(self, f'{role}_id', token_id)
     self.vocab_size = base + len(extra)
     self._special_ids = {self.pad_id, self.bos_id, self.eos_id, self.mask_id}
+    end_of_turn = self._tok.token_to_id(END_OF_TURN)
+    self.stop_ids = (self.eos_id,) + (() if end_of_turn is None else (end_of_turn,))
+
+  def token_id(self, name: str) -> int | None:
+    return self._tok.token_to_id(name)
 
   def encode(self, text: str | bytes) -> np.ndarray:
     if isinstance(text, bytes):

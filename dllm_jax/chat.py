@@ -1,0 +1,79 @@
+r"""Multi-turn chat in the terminal with an instruction-tuned model (LLaDA-8B-Instruct).
+
+  python -m dllm_jax.chat --checkpoint=DIR --gen_length=128 --steps=128 --block_length=32
+
+DIR is a converted model (`dllm_jax.convert.llada --out=DIR`), a training workdir, or a
+checkpoint path; --hf_dir reads a Hugging Face directory directly. Each turn renders the
+whole conversation with the tokenizer's chat template (tokenizer_config.json), generates the
+assistant's answer, cuts it at EOS / end-of-turn and keeps it in the history. An empty line
+or end of input ends the chat.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+
+from dllm_jax import checkpoint as ckpt_lib
+from dllm_jax import cli
+from dllm_jax import generate
+from dllm_jax import sampling
+from dllm_jax.data.chat import ChatTemplate, ChatTemplateError
+
+def define_flags():
+  """The command line; defined only when this module is the program."""
+  flags.DEFINE_string('checkpoint', None, 'A converted model or training workdir (its latest '
+                      'checkpoint), or a checkpoint path.')
+  flags.DEFINE_string('hf_dir', None, 'A Hugging Face LLaDA directory, read directly.')
+  flags.DEFINE_integer('gen_length', 128, 'Tokens per answer.')
+  flags.DEFINE_integer('steps', 128, 'Denoising steps per answer.')
+  flags.DEFINE_integer('block_length', 32, 'Semi-autoregressive block length.')
+  flags.DEFINE_float('temperature', 0.0, '0 decodes greedily.')
+  flags.DEFINE_float('cfg_scale', 0.0, 'Classifier-free guidance weight.')
+  flags.DEFINE_integer('seed', 0, 'Random seed.')
+
+
+def load_for_chat(checkpoint: str | None, hf_dir: str | None):
+  model = generate.load(hf_dir=hf_dir) if hf_dir else generate.load(checkpoint=checkpoint)
+  if model.tokenizer_path == 'bytes':
+    raise ChatTemplateError('this model uses the byte tokenizer, which has no chat template.')
+  template = ChatTemplate(os.path.join(os.path.dirname(model.tokenizer_path),
+                                       'tokenizer_config.json'))
+  return model, template
+
+
+def reply(model, template, messages: list[dict], **settings) -> str:
+  """The assistant's next answer to the conversation so far."""
+  prompt = template.encode(model.tokenizer, messages, add_generation_prompt=True)
+  return generate.generate_ids(model, [prompt], **settings)[0].text.strip()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  cli.quiet_library_logs()
+  f = flags.FLAGS
+  settings = dict(gen_length=f.gen_length, steps=f.steps, block_length=f.block_length,
+                  temperature=f.temperature, cfg_scale=f.cfg_scale, seed=f.seed)
+  try:
+    model, template = load_for_chat(f.checkpoint, f.hf_dir)
+    messages = []
+    while True:
+      try:
+        user = input('user> ').strip()
+      except EOFError:
+        break
+      if not user:
+        break
+      messages.append({'role': 'user', 'content': user})
+      answer = reply(model, template, messages, **settings)
+      print(f'assistant> {answer}', flush=True)
+      messages.append({'role': 'assistant', 'content': answer})
+  except (sampling.SamplingError, ckpt_lib.CheckpointError, ChatTemplateError,
+          FileNotFoundError, ValueError) as e:
+    sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)

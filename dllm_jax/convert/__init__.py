@@ -1,0 +1,1 @@
+"""Converters from other checkpoint formats (Hugging Face LLaDA) to dllm_jax checkpoints."""
