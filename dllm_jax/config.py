@@ -190,6 +190,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if (t.objective == 'sft') != (d.source == 'chat_jsonl'):
     _fail('train.objective', f"'sft' goes with data.source='chat_jsonl' and only with it; got "
           f'{t.objective!r} with {d.source!r}.')
+  if not d.tokenizer:
+    _fail('data.tokenizer', "is empty; give 'bytes' or the path of a Hugging Face tokenizer.json.")
   if t.objective == 'sft' and d.tokenizer == 'bytes':
     _fail('data.tokenizer', "train.objective='sft' needs a tokenizer.json with a chat template "
           'in the tokenizer_config.json beside it.')

@@ -148,13 +148,11 @@ def iter_params(hf_dir: str, config: model_lib.ModelConfig,
                 located: dict[str, str]) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
   """(our path, array) for each parameter, layers stacked, one parameter at a time."""
   dtype = jnp.dtype(config.param_dtype)
-  handles = {}
 
   def read(name):
-    file = located[name]
-    if file not in handles:
-      handles[file] = safe_open(file, framework='numpy')
-    return handles[file].get_tensor(name)
+    # Opened per tensor: a file left mapped would keep every page it ever read resident.
+    with safe_open(located[name], framework='numpy') as f:
+      return f.get_tensor(name)
 
   for path, names, _, fn in tensor_plan(config):
     if len(names) == 1:
