@@ -1,8 +1,8 @@
 r"""LLaDA-8B (Base and Instruct) in dllm_jax: its architecture, LLaDA's inference defaults,
 FSDP + tensor parallelism over 8 devices, and supervised fine-tuning.
 
-Convert the published weights once (streams tensor by tensor; about one stacked tensor of
-host memory, 3.2 GB in bfloat16):
+Convert the published weights once (tensor by tensor; peak host memory about twice the
+largest tensor, the 1 GB embedding, far below one 16 GB model):
 
   python -m dllm_jax.convert.llada --hf_dir=/models/LLaDA-8B-Instruct --out=/ckpt/llada_8b_instruct
 

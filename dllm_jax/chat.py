@@ -31,10 +31,11 @@ def define_flags():
   flags.DEFINE_float('temperature', 0.0, '0 decodes greedily.')
   flags.DEFINE_float('cfg_scale', 0.0, 'Classifier-free guidance weight.')
   flags.DEFINE_integer('seed', 0, 'Random seed.')
+  flags.DEFINE_string('mesh', '', 'Shard the model over DATAxFSDPxTENSOR devices, e.g. 1x4x2.')
 
 
-def load_for_chat(checkpoint: str | None, hf_dir: str | None):
-  model = generate.load(hf_dir=hf_dir) if hf_dir else generate.load(checkpoint=checkpoint)
+def load_for_chat(checkpoint: str | None, hf_dir: str | None, mesh_shape=None):
+  model = generate.load(checkpoint=checkpoint, hf_dir=hf_dir, mesh_shape=mesh_shape)
   if model.tokenizer_path == 'bytes':
     raise ChatTemplateError('this model uses the byte tokenizer, which has no chat template.')
   template = ChatTemplate(os.path.join(os.path.dirname(model.tokenizer_path),
@@ -56,7 +57,7 @@ def main(argv):
   settings = dict(gen_length=f.gen_length, steps=f.steps, block_length=f.block_length,
                   temperature=f.temperature, cfg_scale=f.cfg_scale, seed=f.seed)
   try:
-    model, template = load_for_chat(f.checkpoint, f.hf_dir)
+    model, template = load_for_chat(f.checkpoint, f.hf_dir, generate.parse_mesh(f.mesh))
     messages = []
     while True:
       try:

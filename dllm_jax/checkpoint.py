@@ -14,6 +14,8 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from dllm_jax import model as model_lib
+
 
 class CheckpointError(RuntimeError):
   """A checkpoint that cannot be read or does not fit the current config."""
@@ -92,19 +94,37 @@ class Checkpointer:
 
   def restore_params(self, step: int, abstract_params: Any, which: str = 'params') -> Any:
     """Only the parameters (or 'ema_params') of a checkpoint, onto `abstract_params`'s
-    shardings: what sampling and evaluation need, without the optimizer state."""
+    shardings: what sampling and evaluation need, without the optimizer state.
+
+    Converted checkpoints store each layer's tensors apart ('layout': 'per_layer', so the
+    converter never holds a parameter of all layers); they are stacked here, on device.
+    """
     reader = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(
             read_only=True, create=False, max_to_keep=None, save_interval_steps=0),
         item_handlers={'state': ocp.PyTreeCheckpointHandler()})
     try:
-      if which == 'ema_params' and not self.read_meta(step).get('ema'):
+      meta = self.read_meta(step)
+      if which == 'ema_params' and not meta.get('ema'):
         raise CheckpointError(f'checkpoint {step} in {self.directory} has no EMA parameters '
                               '(it was trained with train.ema_decay=0).')
-      item = {which: abstract_params}
+      stored = abstract_params
+      if meta.get('layout') == 'per_layer':
+        blocks = abstract_params['blocks']
+        n_layers = next(iter(blocks.values())).shape[0]
+        per_layer = {name: jax.ShapeDtypeStruct(a.shape[1:], a.dtype,
+                                                sharding=model_lib.layer_sharding(a.sharding))
+                     for name, a in blocks.items()}
+        stored = {k: v for k, v in abstract_params.items() if k != 'blocks'}
+        stored['layers'] = {str(i): dict(per_layer) for i in range(n_layers)}
+      item = {which: stored}
       args = ocp.args.PyTreeRestore(item=item, partial_restore=True,
                                     restore_args=ocp.checkpoint_utils.construct_restore_args(item))
-      return reader.restore(step, args=ocp.args.Composite(state=args))['state'][which]
+      params = reader.restore(step, args=ocp.args.Composite(state=args))['state'][which]
+      if 'layers' in params:
+        params['blocks'] = model_lib.stack_layers(params.pop('layers'),
+                                                  lambda name: blocks[name].sharding)
+      return params
     except CheckpointError:
       raise
     except Exception as e:  # pylint: disable=broad-except

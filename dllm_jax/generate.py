@@ -12,7 +12,9 @@ Python (notebooks):
   completions = generate.generate(model, ['def fibonacci(n):'], gen_length=64, steps=64)
 """
 
+import contextlib
 import dataclasses
+import functools
 import os
 import sys
 from typing import Any
@@ -26,7 +28,8 @@ from dllm_jax import cli
 from dllm_jax import diffusion
 from dllm_jax import model as model_lib
 from dllm_jax import sampling
-from dllm_jax.config import SAMPLERS
+from dllm_jax import sharding
+from dllm_jax.config import MESH_AXES, SAMPLERS, ConfigError, base_config
 from dllm_jax.data import make_tokenizer
 
 MASK_GLYPH = '\u00b7'  # how a still-masked position looks in --show_steps
@@ -45,6 +48,8 @@ class Model:
   diffusion_schedule: diffusion.Schedule
   logits_fn: Any = None
   tokenizer_path: str = 'bytes'  # tokenizer_config.json (chat template) sits beside it
+  mesh: Any = None  # parameters sharded over this mesh by `rules`; None: one device
+  rules: Any = None
 
   def __post_init__(self):
     if self.logits_fn is None:
@@ -73,15 +78,33 @@ def _tokenizer_path(spec: str, checkpoints_dir: str) -> str:
   return beside if spec != 'bytes' and not os.path.isabs(spec) and os.path.exists(beside) else spec
 
 
+def _placement(mesh_shape, config: model_lib.ModelConfig):
+  """(mesh, rules, per-parameter shardings) for a (data, fsdp, tensor) shape, or one device."""
+  _, abstract, axes = model_lib.abstract_model(config)
+  if not mesh_shape:
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return None, None, jax.tree.map(lambda _: device, abstract)
+  mesh_config = base_config().mesh
+  mesh_config.update(dict(zip(MESH_AXES, mesh_shape)))
+  rules = base_config().logical_axis_rules
+  mesh = sharding.make_mesh(mesh_config)
+  return mesh, rules, sharding.tree_shardings(mesh, rules, axes, abstract)
+
+
 def load(workdir: str | None = None, checkpoint: str | None = None, use_ema: bool = False,
-         hf_dir: str | None = None, dtype: str = 'bfloat16') -> Model:
-  """A model on one device: the latest checkpoint of `workdir`, a `checkpoint` path, or a
-  Hugging Face LLaDA directory `hf_dir` read directly (in `dtype`)."""
+         hf_dir: str | None = None, dtype: str = 'bfloat16',
+         mesh_shape: tuple[int, int, int] | None = None) -> Model:
+  """The latest checkpoint of `workdir`, a `checkpoint` path, or a Hugging Face LLaDA
+  directory `hf_dir` read directly (in `dtype`). On one device, or with `mesh_shape`
+  (data, fsdp, tensor; one may be -1) sharded as it is read by the default logical rules."""
   if hf_dir:
     from dllm_jax.convert import llada  # pylint: disable=g-import-not-at-top
-    params, config, tokenizer = llada.load_params(hf_dir, dtype)
+    config = llada.read_config(hf_dir, dtype)[0]
+    mesh, rules, shardings = _placement(mesh_shape, config)
+    params, config, tokenizer = llada.load_params(
+        hf_dir, dtype, lambda path: functools.reduce(lambda t, k: t[k], path, shardings))
     return Model(params, config, tokenizer, 0, llada.LLADA_SCHEDULE,
-                 tokenizer_path=os.path.join(hf_dir, 'tokenizer.json'))
+                 tokenizer_path=os.path.join(hf_dir, 'tokenizer.json'), mesh=mesh, rules=rules)
   directory, step = _resolve(workdir, checkpoint)
   with ckpt_lib.Checkpointer(directory, read_only=True) as checkpointer:
     step = checkpointer.latest_step() if step is None else step
@@ -96,12 +119,13 @@ def load(workdir: str | None = None, checkpoint: str | None = None, use_ema: boo
       raise ckpt_lib.CheckpointError(
           f'the tokenizer {meta["tokenizer"]!r} gives mask id {tokenizer.mask_id}, but the '
           f'checkpoint was trained with {meta["mask_id"]}.')
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                            model_lib.abstract_model(config)[1])
+    mesh, rules, shardings = _placement(mesh_shape, config)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            model_lib.abstract_model(config)[1], shardings)
     params = checkpointer.restore_params(step, abstract, 'ema_params' if use_ema else 'params')
   schedule = diffusion.Schedule(**meta.get('schedule', {'kind': 'linear'}))
-  return Model(params, config, tokenizer, step, schedule, tokenizer_path=tokenizer_path)
+  return Model(params, config, tokenizer, step, schedule, tokenizer_path=tokenizer_path,
+               mesh=mesh, rules=rules)
 
 
 def generate(model: Model, prompts: list[str], **settings) -> list[Completion]:
@@ -136,8 +160,11 @@ def generate_ids(model: Model, encoded: list[np.ndarray], *, gen_length: int = 1
     canvas[row, :prompt_len - len(ids)] = tok.pad_id
     attention_mask[row, :prompt_len - len(ids)] = False
     canvas[row, prompt_len - len(ids):prompt_len] = ids
-  out = _sample(model.logits_fn, model.params, canvas, jax.random.key(seed), cfg, prompt_len,
-                None if attention_mask.all() else attention_mask)
+  placed = (sharding.use_mesh(model.mesh, model.rules) if model.mesh
+            else contextlib.nullcontext())
+  with placed:
+    out = _sample(model.logits_fn, model.params, canvas, jax.random.key(seed), cfg, prompt_len,
+                  None if attention_mask.all() else attention_mask)
   tokens, commits = jax.device_get(out)
   completions = []
   for row in range(len(encoded)):
@@ -146,6 +173,19 @@ def generate_ids(model: Model, encoded: list[np.ndarray], *, gen_length: int = 1
     text = tok.decode(generated[:stop[0]] if len(stop) else generated)
     completions.append(Completion(text, generated, commits[row, prompt_len:]))
   return completions
+
+
+def parse_mesh(spec: str) -> tuple[int, int, int] | None:
+  """'1x4x2' -> (1, 4, 2); '' -> None."""
+  if not spec:
+    return None
+  try:
+    sizes = tuple(int(s) for s in spec.lower().split('x'))
+  except ValueError:
+    sizes = ()
+  if len(sizes) != 3:
+    raise sampling.SamplingError(f'mesh: {spec!r} is not DATAxFSDPxTENSOR, e.g. 1x4x2.')
+  return sizes
 
 
 def render(tokenizer, tokens: np.ndarray, visible: np.ndarray) -> str:
@@ -190,6 +230,8 @@ def define_flags():
   flags.DEFINE_integer('seed', 0, 'Random seed.')
   flags.DEFINE_bool('show_steps', False, 'Print the first sample as it denoises.')
   flags.DEFINE_bool('use_ema', False, 'Sample with the EMA parameters.')
+  flags.DEFINE_string('mesh', '', 'Shard the model over DATAxFSDPxTENSOR devices, e.g. 1x4x2 '
+                      '(one size may be -1); empty: one device.')
 
 
 def main(argv):
@@ -200,13 +242,14 @@ def main(argv):
   try:
     if f.num_samples < 1:
       raise sampling.SamplingError(f'num_samples: must be >= 1, got {f.num_samples}.')
-    model = load(f.workdir, f.checkpoint, f.use_ema)
+    model = load(f.workdir, f.checkpoint, f.use_ema, mesh_shape=parse_mesh(f.mesh))
     completions = generate(
         model, [f.prompt] * f.num_samples, gen_length=f.gen_length, steps=f.steps,
         block_length=f.block_length, sampler=f.sampler, temperature=f.temperature,
         top_k=f.top_k, top_p=f.top_p, cfg_scale=f.cfg_scale, forbid_eos=f.forbid_eos,
         seed=f.seed)
-  except (sampling.SamplingError, ckpt_lib.CheckpointError, FileNotFoundError) as e:
+  except (sampling.SamplingError, ckpt_lib.CheckpointError, ConfigError,
+          FileNotFoundError) as e:
     sys.exit(f'error: {e}')
   if f.show_steps:
     for step, frame in enumerate(denoising_frames(model.tokenizer, completions[0], f.steps)):

@@ -238,6 +238,26 @@ def init_params(cfg: ModelConfig, key: Array) -> dict:
   return nnx.to_pure_dict(nnx.split(Transformer(cfg, nnx.Rngs(params=key)))[1])
 
 
+def layer_sharding(stacked_sharding):
+  """The sharding of one layer's slice of a parameter stacked on a leading 'layers' axis."""
+  if isinstance(stacked_sharding, jax.sharding.NamedSharding):
+    return jax.sharding.NamedSharding(stacked_sharding.mesh,
+                                      jax.sharding.PartitionSpec(*stacked_sharding.spec[1:]))
+  return stacked_sharding
+
+
+def stack_layers(layers: dict[str, dict[str, Array]], sharding_of=lambda name: None) -> dict:
+  """{'0': {name: array}, '1': ...} -> {name: array stacked over layers}, one name at a time
+  (so at most one parameter is held twice), each placed with `sharding_of(name)`."""
+  order = sorted(layers, key=int)
+  blocks = {}
+  for name in list(layers[order[0]]):
+    parts = [layers[i].pop(name) for i in order]
+    blocks[name] = jax.jit(lambda *xs: jnp.stack(xs), out_shardings=sharding_of(name))(*parts)
+    del parts
+  return blocks
+
+
 def make_logits_fn(graphdef: nnx.GraphDef):
   """The pure `logits_fn(params, tokens, attention_mask=None)` samplers and losses take."""
 

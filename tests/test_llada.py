@@ -345,3 +345,18 @@ def test_mc_likelihood_runs_on_a_converted_model(converted):
       [jnp.asarray(tok.encode(a)) for a in ('2', 'fibonacci')], jax.random.key(0),
       mask_id=tok.mask_id, vocab_size=tok.vocab_size, mc_num=32, batch_size=16)
   assert best in (0, 1) and all(np.isfinite(nlls))
+
+
+@pytest.mark.parametrize('source', ['checkpoint', 'hf_dir'])
+def test_loading_shards_onto_a_mesh_and_samples_the_same(hf_dir, converted, source):
+  where = {'checkpoint': converted} if source == 'checkpoint' else {'hf_dir': hf_dir,
+                                                                     'dtype': 'float32'}
+  single = generate.load(**where)
+  sharded = generate.load(mesh_shape=(1, 4, 2), **where)
+  assert len(sharded.params['blocks']['ff_proj'].sharding.device_set) == 8
+  assert tuple(sharded.params['blocks']['ff_proj'].sharding.spec) == (None, 'fsdp', 'tensor')
+  prompts = ['def fibonacci(n):', 'Hello']
+  settings = dict(gen_length=8, steps=8, block_length=4)
+  for a, b in zip(generate.generate(single, prompts, **settings),
+                  generate.generate(sharded, prompts, **settings)):
+    np.testing.assert_array_equal(a.tokens, b.tokens)

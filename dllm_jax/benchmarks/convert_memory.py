@@ -5,8 +5,8 @@ r"""Peak host memory of `dllm_jax.convert.llada` against the safetensors shard s
 
 For each shard size, writes a random-weight LLaDA-format model in bfloat16 (by default 1.75B
 parameters, 3.5 GB), converts it in a child process and prints one JSON line: model and
-shard size, the largest stacked parameter, the converter's peak resident memory (its
-maximum RSS) and wall time. The files are deleted afterwards.
+shard size, the largest single tensor, the converter's peak resident memory (its maximum
+RSS) and wall time. The files are deleted afterwards.
 """
 
 import json
@@ -55,7 +55,7 @@ def measure(shard_mb: int) -> dict:
   shutil.rmtree(out, ignore_errors=True)
   return {'model_gb': model_bytes / 1e9, 'shard_mb': shard_mb,
           'shards': -(-model_bytes // (shard_mb * 2**20)),
-          'largest_stacked_tensor_gb': n * d * f * 2 / 1e9,
+          'largest_tensor_gb': max(v * d, f * d) * 2 / 1e9,
           'peak_rss_gb': peak_kib * 1024 / 1e9, 'seconds': seconds}
 
 

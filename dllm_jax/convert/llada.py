@@ -6,9 +6,10 @@ reads `config.json` and the `*.safetensors` weights (one file, or shards listed 
 `model.safetensors.index.json`), checks every tensor's name and shape before reading any
 data, and writes DIR/checkpoints/0 (parameters only) plus DIR/tokenizer/ (tokenizer.json and
 tokenizer_config.json), which `dllm_jax.generate`, `dllm_jax.chat` and fine-tuning
-(`train.init_from`) load. Parameters are written one stacked tensor at a time, so the host
-holds about one tensor across all layers (3.2 GB in bfloat16 for LLaDA-8B's MLP), never the
-whole model; the checkpoint appears under its final name only once it is complete.
+(`train.init_from`) load. Tensors are read and written one at a time, each layer's apart
+(they are stacked on device when loaded): peak host memory is about twice the largest single
+tensor (the 1 GB embedding for LLaDA-8B; see BENCHMARKS.md), less than one shard and never
+the whole model. The checkpoint appears under its final name only once it is complete.
 
 `load_params(hf_dir)` reads the same weights straight from the Hugging Face directory.
 
@@ -16,6 +17,7 @@ Layout: HF linear weights are [out, in]; ours are [in, ...] with heads split out
 q_proj [n_heads * head_dim, d_model] -> [d_model, n_heads, head_dim], stacked over layers.
 """
 
+import ctypes
 import dataclasses
 import json
 import os
@@ -144,26 +146,26 @@ def check_tensors(hf_dir: str, config: model_lib.ModelConfig) -> dict[str, str]:
   return located
 
 
-def iter_params(hf_dir: str, config: model_lib.ModelConfig,
-                located: dict[str, str]) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
-  """(our path, array) for each parameter, layers stacked, one parameter at a time."""
+def iter_tensors(config: model_lib.ModelConfig,
+                 located: dict[str, str]) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
+  """(our path, array) for every tensor, one at a time, in our layout and dtype.
+
+  Block tensors come per layer, as ('layers', 'i', name): the caller stacks them (on device)
+  or stores them so (a converted checkpoint), never holding more than one on the host.
+  """
   dtype = jnp.dtype(config.param_dtype)
+  plan = tensor_plan(config)
+  for path, names, _, fn in [p for p in plan if len(p[1]) == 1]:
+    yield path, _read(located, names[0], fn, dtype)
+  for i in range(config.n_layers):
+    for path, names, _, fn in [p for p in plan if len(p[1]) > 1]:
+      yield ('layers', str(i), path[-1]), _read(located, names[i], fn, dtype)
 
-  def read(name):
-    # Opened per tensor: a file left mapped would keep every page it ever read resident.
-    with safe_open(located[name], framework='numpy') as f:
-      return f.get_tensor(name)
 
-  for path, names, _, fn in tensor_plan(config):
-    if len(names) == 1:
-      yield path, fn(read(names[0])).astype(dtype)
-      continue
-    first = fn(read(names[0]))
-    stacked = np.empty((len(names),) + first.shape, dtype)
-    stacked[0] = first
-    for i, name in enumerate(names[1:], start=1):
-      stacked[i] = fn(read(name))
-    yield path, stacked
+def _read(located, name, fn, dtype) -> np.ndarray:
+  # Opened per tensor: a file left mapped would keep every page it ever read resident.
+  with safe_open(located[name], framework='numpy') as f:
+    return np.ascontiguousarray(fn(f.get_tensor(name)).astype(dtype))
 
 
 def check_tokenizer(hf_dir: str, hf_config: dict) -> HFTokenizer:
@@ -176,6 +178,14 @@ def check_tokenizer(hf_dir: str, hf_config: dict) -> HFTokenizer:
         f'config.json says mask_token_id={hf_config["mask_token_id"]}, but the tokenizer\'s '
         f'<|mdm_mask|> is {tokenizer.token_id("<|mdm_mask|>")}: the wrong mask token.')
   return tokenizer
+
+
+def _release_freed_memory() -> None:
+  """Hands memory freed after a save back to the OS (glibc keeps it otherwise)."""
+  try:
+    ctypes.CDLL('libc.so.6').malloc_trim(0)
+  except (OSError, AttributeError):  # not glibc: nothing to do
+    pass
 
 
 def _nest(path, value):
@@ -198,13 +208,14 @@ def convert(hf_dir: str, out: str, dtype: str = 'bfloat16') -> str:
   shutil.rmtree(staging, ignore_errors=True)
   try:
     step_dir = os.path.join(staging, '0')
-    for path, array in iter_params(hf_dir, config, located):
+    for path, array in iter_tensors(config, located):
       partial.save(step_dir, {'params': _nest(path, array)})
       del array
+      _release_freed_memory()
     partial.finalize(step_dir)
     meta = {'model': dataclasses.asdict(config), 'tokenizer': 'tokenizer/tokenizer.json',
             'mask_id': tokenizer.mask_id, 'schedule': dataclasses.asdict(LLADA_SCHEDULE),
-            'gradient_clipping': False, 'ema': False,
+            'gradient_clipping': False, 'ema': False, 'layout': 'per_layer',
             'converted_from': os.path.abspath(hf_dir)}
     with Checkpointer(JsonCheckpointHandler()) as writer:
       writer.save(os.path.join(step_dir, 'meta'), args=args.JsonSave(meta))
@@ -223,19 +234,24 @@ def convert(hf_dir: str, out: str, dtype: str = 'bfloat16') -> str:
 def load_params(hf_dir: str, dtype: str = 'bfloat16', sharding_of=None):
   """(params, ModelConfig, tokenizer) straight from a Hugging Face directory.
 
-  `sharding_of(path)` may give the sharding each parameter is placed with as it is read.
+  `sharding_of(path)` may give the sharding of each (stacked) parameter; each tensor goes to
+  its devices as it is read, and layers are stacked there.
   """
   import jax  # pylint: disable=g-import-not-at-top
   config, hf_config = read_config(hf_dir, dtype)
   tokenizer = check_tokenizer(hf_dir, hf_config)
   located = check_tensors(hf_dir, config)
-  params = {}
-  for path, array in iter_params(hf_dir, config, located):
-    value = jax.device_put(array, sharding_of(path) if sharding_of else None)
-    node = params
-    for key in path[:-1]:
-      node = node.setdefault(key, {})
-    node[path[-1]] = value
+  place = lambda path: sharding_of(path) if sharding_of else None
+  params, layers = {}, {}
+  for path, array in iter_tensors(config, located):
+    if path[0] == 'layers':
+      stacked = place(('blocks', path[2]))
+      layer = None if stacked is None else model_lib.layer_sharding(stacked)
+      layers.setdefault(path[1], {})[path[2]] = jax.device_put(array, layer)
+    else:
+      params[path[0]] = jax.device_put(array, place(path))
+  params['blocks'] = model_lib.stack_layers(
+      layers, lambda name: place(('blocks', name)))
   return params, config, tokenizer
 
 
