@@ -11,7 +11,6 @@ RSS) and wall time. The files are deleted afterwards.
 
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
