@@ -360,3 +360,16 @@ def test_loading_shards_onto_a_mesh_and_samples_the_same(hf_dir, converted, sour
   for a, b in zip(generate.generate(single, prompts, **settings),
                   generate.generate(sharded, prompts, **settings)):
     np.testing.assert_array_equal(a.tokens, b.tokens)
+
+
+def test_a_single_unindexed_safetensors_file_converts(hf_dir, tmp_path):
+  single = tmp_path / 'hf'
+  shutil.copytree(hf_dir, single, ignore=shutil.ignore_patterns('*.safetensors', '*.json'))
+  for name in ('config.json', 'tokenizer.json', 'tokenizer_config.json'):
+    shutil.copy(os.path.join(hf_dir, name), single)
+  weights = {k: v.astype(np.float32) for k, v in hf_weights(hf_dir)[0].items()}
+  save_file(weights, str(single / 'model.safetensors'))
+  llada.convert(str(single), str(tmp_path / 'out'), 'float32')
+  jax.tree.map(np.testing.assert_array_equal,
+               generate.load(checkpoint=str(tmp_path / 'out')).params,
+               generate.load(hf_dir=hf_dir, dtype='float32').params)
