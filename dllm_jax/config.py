@@ -12,7 +12,7 @@ REMAT_POLICIES = ('none', 'full', 'dots', 'dots_with_no_batch_dims')
 ATTENTION_IMPLS = ('xla', 'cudnn')
 DTYPES = ('float32', 'bfloat16')
 DATA_SOURCES = ('text_files', 'tfds', 'chat_jsonl')
-OBJECTIVES = ('elbo', 'sft')
+OBJECTIVES = ('elbo', 'sft', 'ar')
 MODES = ('train', 'eval')
 SAMPLERS = ('ancestral', 'low_confidence', 'margin', 'entropy', 'random')
 MESH_AXES = ('data', 'fsdp', 'tensor')
@@ -74,7 +74,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict(dict(
       # 'elbo': pre-training on text; 'sft': fine-tuning on chat_jsonl conversations, the
-      # prompt never masked and the loss on the answer only (LLaDA's SFT).
+      # prompt never masked and the loss on the answer only (LLaDA's SFT); 'ar': the
+      # autoregressive baseline (next-token cross-entropy; needs model.causal=True).
       objective='elbo',
       # A checkpoint whose parameters start a new run (a converted LLaDA model, a workdir
       # or a checkpoint path); '' starts from random weights. Ignored when resuming.
@@ -190,6 +191,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if (t.objective == 'sft') != (d.source == 'chat_jsonl'):
     _fail('train.objective', f"'sft' goes with data.source='chat_jsonl' and only with it; got "
           f'{t.objective!r} with {d.source!r}.')
+  if (t.objective == 'ar') != bool(m.causal):
+    _fail('model.causal', f"must be True exactly when train.objective='ar'; got causal="
+          f'{m.causal} with {t.objective!r}.')
   if not d.tokenizer:
     _fail('data.tokenizer', "is empty; give 'bytes' or the path of a Hugging Face tokenizer.json.")
   if t.objective == 'sft' and d.tokenizer == 'bytes':

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from dllm_jax import autoregressive
 from dllm_jax import checkpoint as ckpt_lib
 from dllm_jax import cli
 from dllm_jax import diffusion
@@ -36,6 +37,7 @@ MASK_GLYPH = '\u00b7'  # how a still-masked position looks in --show_steps
 
 # One compiled sampler per (network, settings, prompt length, shape).
 _sample = jax.jit(sampling.sample, static_argnums=(0, 4, 5))
+_decode = jax.jit(autoregressive.generate, static_argnums=(0, 1, 6))
 
 
 @dataclasses.dataclass
@@ -52,8 +54,10 @@ class Model:
   rules: Any = None
 
   def __post_init__(self):
+    graphdef = model_lib.abstract_model(self.config)[0]
     if self.logits_fn is None:
-      self.logits_fn = model_lib.make_logits_fn(model_lib.abstract_model(self.config)[0])
+      self.logits_fn = model_lib.make_logits_fn(graphdef)
+    self.decode_fn = model_lib.make_decode_fn(graphdef) if self.config.causal else None
 
 
 @dataclasses.dataclass
@@ -139,8 +143,14 @@ def generate_ids(model: Model, encoded: list[np.ndarray], *, gen_length: int = 1
                  cfg_scale: float = 0.0, forbid_eos: bool = False, seed: int = 0,
                  time_grid: str = 'uniform') -> list[Completion]:
   """Completes each tokenized prompt in one batch; shorter prompts are left-padded (and
-  masked out of attention), so every row's generation starts at the same position."""
+  masked out of attention), so every row's generation starts at the same position.
+
+  A causal (autoregressive) model decodes with its key/value cache: `temperature`, `top_k`,
+  `top_p` and `forbid_eos` apply, the diffusion settings do not, and token i is "committed"
+  at step i; as in its training, its input starts with BOS."""
   tok = model.tokenizer
+  if model.config.causal:
+    encoded = [np.concatenate([[tok.bos_id], ids]).astype(np.int32) for ids in encoded]
   prompt_len = max(len(e) for e in encoded)
   if gen_length < 1:
     raise sampling.SamplingError(f'gen_length: must be >= 1, got {gen_length}.')
@@ -148,24 +158,38 @@ def generate_ids(model: Model, encoded: list[np.ndarray], *, gen_length: int = 1
     raise sampling.SamplingError(
         f'the prompt ({prompt_len} tokens) and gen_length ({gen_length}) exceed the model\'s '
         f'context of {model.config.max_seq_len} tokens (model.max_seq_len).')
-  cfg = sampling.SamplerConfig(
-      mask_id=tok.mask_id, vocab_size=tok.vocab_size, eos_id=tok.eos_id, sampler=sampler,
-      steps=steps, block_length=block_length, temperature=temperature, top_k=top_k,
-      top_p=top_p, cfg_scale=cfg_scale, forbid_eos=forbid_eos, time_grid=time_grid,
-      schedule=model.diffusion_schedule)
-  sampling.validate(cfg, prompt_len + gen_length, prompt_len)
-  canvas = np.full((len(encoded), prompt_len + gen_length), tok.mask_id, np.int32)
-  attention_mask = np.ones(canvas.shape, bool)
+  canvas = np.full((len(encoded), prompt_len), tok.pad_id, np.int32)
+  attention_mask = np.zeros(canvas.shape, bool)
   for row, ids in enumerate(encoded):
-    canvas[row, :prompt_len - len(ids)] = tok.pad_id
-    attention_mask[row, :prompt_len - len(ids)] = False
-    canvas[row, prompt_len - len(ids):prompt_len] = ids
+    canvas[row, prompt_len - len(ids):] = ids
+    attention_mask[row, prompt_len - len(ids):] = True
   placed = (sharding.use_mesh(model.mesh, model.rules) if model.mesh
             else contextlib.nullcontext())
-  with placed:
-    out = _sample(model.logits_fn, model.params, canvas, jax.random.key(seed), cfg, prompt_len,
-                  None if attention_mask.all() else attention_mask)
-  tokens, commits = jax.device_get(out)
+  if model.config.causal:
+    cfg = autoregressive.DecodeConfig(
+        mask_id=tok.mask_id, vocab_size=tok.vocab_size, eos_id=tok.eos_id,
+        gen_length=gen_length, temperature=temperature, top_k=top_k, top_p=top_p,
+        forbid_eos=forbid_eos)
+    with placed:
+      generated = _decode(model.decode_fn, model.config, model.params, canvas, attention_mask,
+                          jax.random.key(seed), cfg)
+    tokens = np.concatenate([canvas, jax.device_get(generated)], axis=1)
+    commits = np.concatenate([np.full(canvas.shape, -1), np.broadcast_to(
+        np.arange(gen_length), (len(encoded), gen_length))], axis=1)
+  else:
+    cfg = sampling.SamplerConfig(
+        mask_id=tok.mask_id, vocab_size=tok.vocab_size, eos_id=tok.eos_id, sampler=sampler,
+        steps=steps, block_length=block_length, temperature=temperature, top_k=top_k,
+        top_p=top_p, cfg_scale=cfg_scale, forbid_eos=forbid_eos, time_grid=time_grid,
+        schedule=model.diffusion_schedule)
+    sampling.validate(cfg, prompt_len + gen_length, prompt_len)
+    full = np.concatenate([canvas, np.full((len(encoded), gen_length), tok.mask_id, np.int32)],
+                          axis=1)
+    mask = np.concatenate([attention_mask, np.ones((len(encoded), gen_length), bool)], axis=1)
+    with placed:
+      out = _sample(model.logits_fn, model.params, full, jax.random.key(seed), cfg, prompt_len,
+                    None if mask.all() else mask)
+    tokens, commits = jax.device_get(out)
   completions = []
   for row in range(len(encoded)):
     generated = tokens[row, prompt_len:]

@@ -138,7 +138,11 @@ class Block(nnx.Module):
     self.ff_out = _normal(rngs.params(), (f, d), ('mlp', 'embed'), out_std, dt)
 
   def __call__(self, x_BxLxD: Array, cos_LxH: Array, sin_LxH: Array,
-               mask_Bx1x1xL: Array | None) -> Array:
+               mask_Bx1xLxS: Array | None, kv_cache=None):
+    """Without `kv_cache`: self-attention over x (causal if configured). With
+    `kv_cache=(k_BxSxKxH, v_BxSxKxH, start)`: x holds the tokens at positions start.., their
+    keys and values are written into the cache, queries attend over the whole cache under
+    `mask_Bx1xLxS`, and (x, (k, v)) is returned."""
     cfg, dt = self.cfg, x_BxLxD.dtype
     w = lambda p: p[...].astype(dt)
 
@@ -150,9 +154,19 @@ class Block(nnx.Module):
     q_BxLxNxH = sharding.constrain(apply_rope(q_BxLxNxH, cos_LxH, sin_LxH), heads)
     k_BxLxKxH = sharding.constrain(apply_rope(k_BxLxKxH, cos_LxH, sin_LxH), heads)
     v_BxLxKxH = sharding.constrain(v_BxLxKxH, heads)
-    o_BxLxNxH = jax.nn.dot_product_attention(
-        q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, mask=mask_Bx1x1xL, is_causal=cfg.causal,
-        implementation=cfg.attention_impl)
+    if kv_cache is None:
+      o_BxLxNxH = jax.nn.dot_product_attention(
+          q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, mask=mask_Bx1xLxS, is_causal=cfg.causal,
+          implementation=cfg.attention_impl)
+    else:
+      k_cache, v_cache, start = kv_cache
+      k_BxSxKxH = jax.lax.dynamic_update_slice(k_cache, k_BxLxKxH.astype(k_cache.dtype),
+                                               (0, start, 0, 0))
+      v_BxSxKxH = jax.lax.dynamic_update_slice(v_cache, v_BxLxKxH.astype(v_cache.dtype),
+                                               (0, start, 0, 0))
+      o_BxLxNxH = jax.nn.dot_product_attention(
+          q_BxLxNxH, k_BxSxKxH.astype(dt), v_BxSxKxH.astype(dt), mask=mask_Bx1xLxS,
+          implementation=cfg.attention_impl)
     x_BxLxD = x_BxLxD + jnp.einsum('blnh,nhd->bld', o_BxLxNxH, w(self.attn_out))
     x_BxLxD = sharding.constrain(x_BxLxD, BATCH_LENGTH_EMBED)
 
@@ -162,7 +176,8 @@ class Block(nnx.Module):
     act_BxLxF = sharding.constrain(jax.nn.silu(gate_BxLxF) * up_BxLxF,
                                    ('activation_batch', 'activation_length', 'activation_mlp'))
     x_BxLxD = x_BxLxD + jnp.einsum('blf,fd->bld', act_BxLxF, w(self.ff_out))
-    return sharding.constrain(x_BxLxD, BATCH_LENGTH_EMBED)
+    x_BxLxD = sharding.constrain(x_BxLxD, BATCH_LENGTH_EMBED)
+    return x_BxLxD if kv_cache is None else (x_BxLxD, (k_BxSxKxH, v_BxSxKxH))
 
 
 class Transformer(nnx.Module):
@@ -184,14 +199,23 @@ class Transformer(nnx.Module):
     self.lm_head = _normal(rngs.params(), (cfg.d_model, cfg.vocab_size), ('embed', 'vocab'),
                            cfg.init_std, dt)
 
-  def __call__(self, tokens_BxL: Array, attention_mask_BxL: Array | None = None) -> Array:
-    cfg = self.cfg
-    dt = jnp.dtype(cfg.dtype)
+  def _embed(self, tokens_BxL: Array) -> Array:
     # Gather the FSDP-sharded embedding dim first (as FSDP does for every weight); a lookup
     # into a table sharded along 'embed' cannot be resharded to batch-sharded rows cheaply.
     table_VxD = sharding.constrain(self.wte[...], ('vocab', None))
-    x_BxLxD = jnp.take(table_VxD, tokens_BxL, axis=0).astype(dt)
-    x_BxLxD = sharding.constrain(x_BxLxD, BATCH_LENGTH_EMBED)
+    x_BxLxD = jnp.take(table_VxD, tokens_BxL, axis=0).astype(jnp.dtype(self.cfg.dtype))
+    return sharding.constrain(x_BxLxD, BATCH_LENGTH_EMBED)
+
+  def _head(self, x_BxLxD: Array) -> Array:
+    x_BxLxD = rms_norm(x_BxLxD, self.ln_f[...], self.cfg.norm_eps)
+    logits_BxLxV = jnp.einsum('bld,dv->blv', x_BxLxD, self.lm_head[...].astype(x_BxLxD.dtype),
+                              preferred_element_type=jnp.float32)
+    return sharding.constrain(logits_BxLxV,
+                              ('activation_batch', 'activation_length', 'activation_vocab'))
+
+  def __call__(self, tokens_BxL: Array, attention_mask_BxL: Array | None = None) -> Array:
+    cfg = self.cfg
+    x_BxLxD = self._embed(tokens_BxL)
     cos_LxH, sin_LxH = rope_tables(tokens_BxL.shape[1], cfg.head_dim, cfg.rope_theta)
     mask = None
     if attention_mask_BxL is not None:
@@ -210,12 +234,31 @@ class Transformer(nnx.Module):
     else:
       for i in range(cfg.n_layers):
         x_BxLxD = layer(x_BxLxD, jax.tree.map(lambda a: a[i], layers))
+    return self._head(x_BxLxD)
 
-    x_BxLxD = rms_norm(x_BxLxD, self.ln_f[...], cfg.norm_eps)
-    logits_BxLxV = jnp.einsum('bld,dv->blv', x_BxLxD, self.lm_head[...].astype(dt),
-                              preferred_element_type=jnp.float32)
-    return sharding.constrain(logits_BxLxV,
-                              ('activation_batch', 'activation_length', 'activation_vocab'))
+  def decode(self, tokens_BxT: Array, cache: dict, start: Array,
+             key_valid_BxS: Array) -> tuple[Array, dict]:
+    """Causal decoding with a key/value cache: the T tokens at positions start.. attend to
+    every cached position up to their own (and only to `key_valid` ones); their keys and
+    values join the cache. Prefill is one call with the whole prompt, then one per token."""
+    cfg = self.cfg
+    t, s = tokens_BxT.shape[1], cache['k'].shape[2]
+    x_BxTxD = self._embed(tokens_BxT)
+    cos_SxH, sin_SxH = rope_tables(s, cfg.head_dim, cfg.rope_theta)
+    cos_TxH = jax.lax.dynamic_slice_in_dim(cos_SxH, start, t)
+    sin_TxH = jax.lax.dynamic_slice_in_dim(sin_SxH, start, t)
+    query_pos_T = start + jnp.arange(t)
+    causal_TxS = jnp.arange(s)[None, :] <= query_pos_T[:, None]
+    mask = causal_TxS[None, None, :, :] & key_valid_BxS.astype(bool)[:, None, None, :]
+    graphdef, layers = nnx.split(self.blocks)
+
+    def layer(x, layer_and_cache):
+      layer_state, k_cache, v_cache = layer_and_cache
+      return nnx.merge(graphdef, layer_state)(x, cos_TxH, sin_TxH, mask,
+                                              kv_cache=(k_cache, v_cache, start))
+
+    x_BxTxD, (k, v) = jax.lax.scan(layer, x_BxTxD, (layers, cache['k'], cache['v']))
+    return self._head(x_BxTxD), {'k': k, 'v': v}
 
 
 def abstract_model(cfg: ModelConfig) -> tuple[nnx.GraphDef, Any, Any]:
@@ -256,6 +299,21 @@ def stack_layers(layers: dict[str, dict[str, Array]], sharding_of=lambda name: N
     blocks[name] = jax.jit(lambda *xs: jnp.stack(xs), out_shardings=sharding_of(name))(*parts)
     del parts
   return blocks
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int) -> dict:
+  """An empty key/value cache for `Transformer.decode`."""
+  shape = (cfg.n_layers, batch, length, cfg.n_kv_heads, cfg.head_dim)
+  return {'k': jnp.zeros(shape, jnp.dtype(cfg.dtype)), 'v': jnp.zeros(shape, jnp.dtype(cfg.dtype))}
+
+
+def make_decode_fn(graphdef: nnx.GraphDef):
+  """The pure `decode_fn(params, tokens, cache, start, key_valid) -> (logits, cache)`."""
+
+  def decode_fn(params, tokens_BxT, cache, start, key_valid_BxS):
+    return nnx.merge(graphdef, params).decode(tokens_BxT, cache, start, key_valid_BxS)
+
+  return decode_fn
 
 
 def make_logits_fn(graphdef: nnx.GraphDef):

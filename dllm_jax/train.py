@@ -26,6 +26,7 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
+from dllm_jax import autoregressive
 from dllm_jax import checkpoint as ckpt_lib
 from dllm_jax import config as config_lib
 from dllm_jax import data as data_lib
@@ -199,6 +200,8 @@ def build(config, mesh, tokenizer) -> Experiment:
   discrete_loss_fn = None
   if t.objective == 'sft':
     loss_fn = diffusion.make_sft_loss_fn(logits_fn, noise, *ids)
+  elif t.objective == 'ar':
+    loss_fn = autoregressive.make_loss_fn(logits_fn, tokenizer.bos_id, *ids)
   else:
     loss_fn = diffusion.make_loss_fn(logits_fn, noise, *ids)
     if config.eval.discrete_steps:
@@ -447,14 +450,18 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
       params = checkpointer.restore_params(step, exp.abstract_state.params)
     report = {'step': step, 't_samples': config.eval.t_samples,
               'tokens': int(sum(b['valid'].sum() for b in eval_data)) * jax.process_count()}
-    bounds = {'continuous': exp.eval_step}
+    # The autoregressive NLL is exact: one pass (its standard error is 0).
+    bounds = {'autoregressive_nll' if config.train.objective == 'ar' else 'continuous':
+              exp.eval_step}
     if exp.discrete_eval_step is not None:
       bounds[f'discrete_T{config.eval.discrete_steps}'] = exp.discrete_eval_step
+    passes_per_bound = 1 if config.train.objective == 'ar' else config.eval.t_samples
     for name, eval_step in bounds.items():
       passes = np.array([evaluate(exp, params, eval_data,
                                   jax.random.fold_in(_eval_key(config), r), eval_step)
-                         for r in range(config.eval.t_samples)])
-      nats, stderr = passes.mean(), passes.std(ddof=1) / math.sqrt(len(passes))
+                         for r in range(passes_per_bound)])
+      nats = passes.mean()
+      stderr = passes.std(ddof=1) / math.sqrt(len(passes)) if len(passes) > 1 else 0.0
       report[name] = {'nelbo_nats': nats, 'bits_per_token': nats / diffusion.LN2,
                       'stderr_bits': stderr / diffusion.LN2,
                       'perplexity_bound': diffusion.report(nats)['perplexity_bound']}
@@ -471,20 +478,30 @@ def _print_samples(exp: Experiment, params, eval_data) -> list[str]:
   n = exp.config.sampling.num_samples
   if not n:
     return []
-  tok = exp.tokenizer
+  tok, s = exp.tokenizer, exp.config.sampling
   prompt_len, gen_length = _sample_lengths(exp.config)
   tokens = global_batch(eval_data[0], exp.batch_sharding)['tokens'][:, :prompt_len]
-  canvas = jnp.concatenate([tokens, jnp.full((tokens.shape[0], gen_length), tok.mask_id)], 1)
-  out = jax.jit(sampling.sample, static_argnums=(0, 4, 5))(
-      exp.logits_fn, params, canvas, jax.random.key(exp.config.seed), exp.sampler_config,
-      prompt_len)
-  rows = multihost_utils.process_allgather(out.tokens, tiled=True)[:n]
+  key = jax.random.key(exp.config.seed)
+  if exp.model_config.causal:
+    cfg = autoregressive.DecodeConfig(mask_id=tok.mask_id, vocab_size=tok.vocab_size,
+                                      eos_id=tok.eos_id, gen_length=gen_length,
+                                      temperature=s.temperature)
+    decode_fn = model_lib.make_decode_fn(model_lib.abstract_model(exp.model_config)[0])
+    generated = jax.jit(autoregressive.generate, static_argnums=(0, 1, 6))(
+        decode_fn, exp.model_config, params, tokens, jnp.ones_like(tokens, bool), key, cfg)
+  else:
+    canvas = jnp.concatenate([tokens, jnp.full((tokens.shape[0], gen_length), tok.mask_id)], 1)
+    generated = jax.jit(sampling.sample, static_argnums=(0, 4, 5))(
+        exp.logits_fn, params, canvas, key, exp.sampler_config, prompt_len).tokens[:, prompt_len:]
+  prompts = multihost_utils.process_allgather(tokens, tiled=True)[:n]
+  completions = multihost_utils.process_allgather(generated, tiled=True)[:n]
   texts = []
-  for i, row in enumerate(rows):
-    prompt, completion = tok.decode(row[:prompt_len]), tok.decode(row[prompt_len:])
+  for i, (prompt_ids, completion_ids) in enumerate(zip(prompts, completions)):
+    prompt, completion = tok.decode(prompt_ids), tok.decode(completion_ids)
     texts.append(prompt + completion)
-    logging.info('sample %d (%s, %d steps):\n%s[%s]', i, exp.sampler_config.sampler,
-                 exp.sampler_config.steps, prompt, completion)
+    how = ('autoregressive' if exp.model_config.causal
+           else f'{exp.sampler_config.sampler}, {exp.sampler_config.steps} steps')
+    logging.info('sample %d (%s):\n%s[%s]', i, how, prompt, completion)
   return texts
 
 
