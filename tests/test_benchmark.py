@@ -1,0 +1,75 @@
+"""python -m dllm_jax.benchmark: every task at a tiny size, and the reversal data's guarantees."""
+
+import json
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+
+from conftest import REPO
+from dllm_jax import benchmark
+from dllm_jax.benchmarks import reversal
+
+
+def flags_for(**overrides):
+  defaults = dict(dllm_checkpoint='', ar_checkpoint='', train_steps=4, lengths=['8', '16'],
+                  batch_sizes=['1', '2'], dllm_steps=8, repeats=1, dictionary_size=8,
+                  pair_repeats=3, pairs=6, text_file='', seed=0, data_files='', data_dir='')
+  return types.SimpleNamespace(**{**defaults, **overrides})
+
+
+def test_dictionary_is_a_bijection_written_one_way_only():
+  pairs = reversal.make_dictionary(200, seed=3)
+  sources, targets = zip(*pairs)
+  assert len(set(sources)) == len(set(targets)) == 200
+  assert not set(sources) & set(targets)
+  text = reversal.training_text(pairs, repeats=4, seed=3)
+  lines = text.splitlines()
+  assert set(lines) == {f'{s} = {t}' for s, t in pairs}  # every pair, forward only
+  assert len(lines) == 5 * 200
+  for prompt in reversal.reverse_prompts(pairs):
+    assert prompt not in text  # no reverse query ever appears in training
+  assert all(line.split(' = ')[0] in set(sources) for line in lines)
+
+
+def test_completion_pairs_are_consecutive_lines():
+  text = ''.join(f'line number {i:03d} here\n' for i in range(50))
+  triples = reversal.line_pairs(text, 10, seed=1)
+  assert len(triples) == 10
+  for context, first, second in triples:
+    assert f'{context}{first}\n{second}\n' in text  # the lines just before, then n, n+1
+    assert int(second[12:15]) == int(first[12:15]) + 1
+
+
+@pytest.mark.parametrize('task', benchmark.TASKS)
+def test_every_task_runs_tiny_and_writes_its_outputs(task, tmp_path, corpus_dir, tfds_dir):
+  text_file = sorted(os.listdir(corpus_dir))[0]
+  f = flags_for(data_files=corpus_dir, data_dir=tfds_dir,
+                text_file=os.path.join(corpus_dir, text_file))
+  out = str(tmp_path / 'out')
+  benchmark.run(task, ['dllm', 'ar'], out, 'tiny', f)
+  for suffix in ('json', 'md', 'png'):
+    assert os.path.getsize(os.path.join(out, f'{task}.{suffix}')) > 0
+  with open(os.path.join(out, f'{task}.json'), encoding='utf-8') as fh:
+    result = json.load(fh)
+  assert result['task'] == task and result['rows']
+  assert {row['model'] for row in result['rows']} == {'dllm', 'ar'}
+  if task == 'speed':
+    assert {r['gen_length'] for r in result['rows']} == {8, 16}
+    assert all(r['tokens_per_sec'] > 0 and r['gflops_per_token'] > 0 for r in result['rows'])
+  elif task == 'likelihood':
+    assert all(0 < r['val_bits_per_token'] < 9 for r in result['rows'])
+  else:
+    assert all(0 <= r['exact_match'] <= 1 and 0 <= r['char_similarity'] <= 1
+               for r in result['rows'])
+
+
+def test_unknown_model_is_a_clear_error(tmp_path):
+  proc = subprocess.run([sys.executable, '-m', 'dllm_jax.benchmark', '--task=speed',
+                         '--models=dllm,gpt', f'--out={tmp_path}'], cwd=REPO,
+                        capture_output=True, text=True, timeout=120,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1].startswith('error: --models: dllm, gpt')
