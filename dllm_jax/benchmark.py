@@ -34,7 +34,8 @@ TASKS = ('speed', 'likelihood', 'reverse_translation', 'reverse_completion')
 def define_flags():
   flags.DEFINE_list('models', ['dllm', 'ar'], 'Which of dllm, ar to run.')
   flags.DEFINE_enum('task', None, TASKS, 'The task.')
-  flags.DEFINE_string('out', None, 'Output directory.')
+  flags.DEFINE_string('out', None, 'Output directory of the report.')
+  flags.DEFINE_string('runs', '', 'Where models trained here go (default: OUT/runs).')
   flags.DEFINE_enum('size', 'small', ['small', 'tiny'], 'Variant of both configs.')
   flags.DEFINE_string('dllm_checkpoint', '', 'A trained dLLM workdir (else trained here).')
   flags.DEFINE_string('ar_checkpoint', '', 'A trained AR workdir (else trained here).')
@@ -43,6 +44,8 @@ def define_flags():
   flags.DEFINE_list('batch_sizes', ['1', '16'], 'speed: batch sizes.')
   flags.DEFINE_integer('dllm_steps', 64, 'speed: the fixed number of denoising steps.')
   flags.DEFINE_integer('repeats', 3, 'speed: timed runs per point.')
+  flags.DEFINE_integer('steps_equal_length_up_to', 1024, 'speed: time the dLLM with steps = '
+                       'length only up to this length (it costs length^2).')
   flags.DEFINE_integer('dictionary_size', 100, 'reverse_translation: pairs.')
   flags.DEFINE_integer('pair_repeats', 60, 'reverse_translation: passes over the pairs.')
   flags.DEFINE_integer('pairs', 100, 'reverse_completion: line pairs.')
@@ -54,11 +57,13 @@ def define_flags():
   flags.DEFINE_string('data_dir', '', 'Where prepared datasets are cached (config.data.data_dir).')
 
 
-def _random_models(kinds, size) -> dict[str, generate.Model]:
-  """Speed does not depend on the weights: freshly initialised models of each config."""
+def _random_models(kinds, size, max_len: int) -> dict[str, generate.Model]:
+  """Speed does not depend on the weights: freshly initialised models of each config, with
+  a context of at least `max_len`."""
   models = {}
   for kind in kinds:
     config = common.config_for(kind, size)
+    config.model.max_seq_len = max(config.model.max_seq_len, max_len)
     tokenizer = data_lib.make_tokenizer(config.data.tokenizer)
     model_config = model_lib.ModelConfig.from_config(config.model,
                                                      train.vocab_size_for(config, tokenizer))
@@ -68,10 +73,10 @@ def _random_models(kinds, size) -> dict[str, generate.Model]:
   return models
 
 
-def _trained(kinds, size, out, steps, given, **data_overrides) -> dict[str, generate.Model]:
+def _trained(kinds, size, runs, steps, given, **data_overrides) -> dict[str, generate.Model]:
   models = {}
   for kind in kinds:
-    workdir = given.get(kind) or os.path.join(out, f'runs_{kind}')
+    workdir = given.get(kind) or os.path.join(runs, kind)
     if not given.get(kind):
       overrides = {f'data.{k}': v for k, v in data_overrides.items()}
       if steps:
@@ -86,19 +91,22 @@ def _trained(kinds, size, out, steps, given, **data_overrides) -> dict[str, gene
 def run(task: str, kinds, out: str, size: str, f) -> dict:
   given = {'dllm': f.dllm_checkpoint, 'ar': f.ar_checkpoint}
   data = {'files': f.data_files, 'data_dir': f.data_dir}
+  runs = os.path.join(f.runs or os.path.join(out, 'runs'), task)
   if task == 'speed':
+    lengths = [int(x) for x in f.lengths]
     models = (common.load_models(kinds, given) if all(given[k] for k in kinds)
-              else _random_models(kinds, size))
+              else _random_models(kinds, size, max(lengths) + generation_speed.PROMPT_LEN + 1))
     result, rows = generation_speed.run(
-        models, lengths=[int(x) for x in f.lengths], batch_sizes=[int(b) for b in f.batch_sizes],
-        dllm_steps=f.dllm_steps, repeats=f.repeats)
+        models, lengths=lengths, batch_sizes=[int(b) for b in f.batch_sizes],
+        dllm_steps=f.dllm_steps, repeats=f.repeats,
+        steps_equal_length_up_to=f.steps_equal_length_up_to)
     common.write_report(out, task, result, rows, ['model', 'setting', 'batch', 'gen_length',
                                                   'latency_s', 'tokens_per_sec',
                                                   'gflops_per_token'], generation_speed.plot,
                         notes=f'Crossover (first length where the dLLM is as fast): '
                               f'{result["crossover"]}')
   elif task == 'likelihood':
-    result, rows = likelihood.run(kinds, size, out, train_steps=f.train_steps or
+    result, rows = likelihood.run(kinds, size, runs, train_steps=f.train_steps or
                                   common.config_for('dllm', size).train.num_steps,
                                   workdirs={k: v for k, v in given.items() if v},
                                   data_overrides={f'data.{k}': v for k, v in data.items()})
@@ -108,18 +116,16 @@ def run(task: str, kinds, out: str, size: str, f) -> dict:
                         notes=f'dLLM minus AR: {result["gap_bits_per_token"]} bits/token.')
   elif task == 'reverse_translation':
     pairs = reversal.make_dictionary(f.dictionary_size, f.seed)
-    corpus = reversal.write_corpus(os.path.join(out, 'reverse_translation_data'),
+    corpus = reversal.write_corpus(os.path.join(runs, 'data'),
                                    reversal.training_text(pairs, f.pair_repeats, f.seed))
-    models = _trained(kinds, size, os.path.join(out, 'reverse_translation'), f.train_steps,
-                      {}, files=corpus, validation_fraction=0.01, data_dir=f.data_dir)
+    models = _trained(kinds, size, runs, f.train_steps, {}, files=corpus, validation_fraction=0.01, data_dir=f.data_dir)
     rows = reversal.evaluate_translation(models, pairs)
     result = {'task': task, 'dictionary_size': len(pairs), 'pair_repeats': f.pair_repeats,
               'train_steps': f.train_steps, 'size': size, 'pairs': pairs}
     common.write_report(out, task, result, rows, ['model', 'query', 'n', 'exact_match',
                                                   'char_similarity'], reversal.plot_accuracy)
   else:
-    models = _trained(kinds, size, os.path.join(out, 'reverse_completion'), f.train_steps,
-                      given, **data)
+    models = _trained(kinds, size, runs, f.train_steps, given, **data)
     if f.text_file:
       with open(f.text_file, encoding='utf-8') as fh:
         text = fh.read()

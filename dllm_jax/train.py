@@ -465,8 +465,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
       report[name] = {'nelbo_nats': nats, 'bits_per_token': nats / diffusion.LN2,
                       'stderr_bits': stderr / diffusion.LN2,
                       'perplexity_bound': diffusion.report(nats)['perplexity_bound']}
-      logging.info('step %d, %s bound: %.4f +- %.4f bits/token (%d t-samples per row)', step,
-                   name, nats / diffusion.LN2, stderr / diffusion.LN2, len(passes))
+      logging.info('step %d, %s: %.4f +- %.4f bits/token (%s)', step, name,
+                   nats / diffusion.LN2, stderr / diffusion.LN2,
+                   'exact' if config.train.objective == 'ar' else f'{len(passes)} t per row')
   if jax.process_index() == 0:
     with open(os.path.join(workdir, f'eval_{step}.json'), 'w', encoding='utf-8') as f:
       json.dump(report, f, indent=2)

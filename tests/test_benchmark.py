@@ -16,7 +16,8 @@ from dllm_jax.benchmarks import reversal
 def flags_for(**overrides):
   defaults = dict(dllm_checkpoint='', ar_checkpoint='', train_steps=4, lengths=['8', '16'],
                   batch_sizes=['1', '2'], dllm_steps=8, repeats=1, dictionary_size=8,
-                  pair_repeats=3, pairs=6, text_file='', seed=0, data_files='', data_dir='')
+                  pair_repeats=3, pairs=6, text_file='', seed=0, data_files='', data_dir='',
+                  steps_equal_length_up_to=1024, runs='')
   return types.SimpleNamespace(**{**defaults, **overrides})
 
 
@@ -56,6 +57,8 @@ def test_every_task_runs_tiny_and_writes_its_outputs(task, tmp_path, corpus_dir,
     result = json.load(fh)
   assert result['task'] == task and result['rows']
   assert {row['model'] for row in result['rows']} == {'dllm', 'ar'}
+  if task != 'speed':  # the models it trained are kept apart from the report
+    assert {'ar', 'dllm'} <= set(os.listdir(os.path.join(out, 'runs', task)))
   if task == 'speed':
     assert {r['gen_length'] for r in result['rows']} == {8, 16}
     assert all(r['tokens_per_sec'] > 0 and r['gflops_per_token'] > 0 for r in result['rows'])

@@ -16,7 +16,8 @@ def shrink(config, corpus_dir, tfds_dir):
   config.data.update(source='text_files', files=corpus_dir, data_dir=tfds_dir, seq_len=16,
                      tokenizer='bytes')
   config.train.update(batch_size=8, microbatches=1, num_steps=1, warmup_steps=0, eval_batches=1,
-                      progress_bar=False, objective='elbo', init_from='')
+                      progress_bar=False, init_from='',
+                      objective='ar' if config.model.causal else 'elbo')
   config.mesh.update(data=-1, fsdp=1, tensor=1)
   return config
 

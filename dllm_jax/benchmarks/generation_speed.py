@@ -16,6 +16,7 @@ from dllm_jax import generate
 from dllm_jax import model as model_lib
 
 BLOCK_LENGTH = 32
+PROMPT_LEN = 16
 
 
 def dllm_flops_per_token(cfg: model_lib.ModelConfig, prompt_len: int, gen_length: int,
@@ -45,7 +46,8 @@ def _time(fn, repeats: int) -> float:
 
 
 def run(models: dict[str, generate.Model], *, lengths, batch_sizes, dllm_steps: int,
-        prompt_len: int = 16, repeats: int = 3) -> tuple[dict, list[dict]]:
+        prompt_len: int = PROMPT_LEN, repeats: int = 3,
+        steps_equal_length_up_to: int = 1 << 30) -> tuple[dict, list[dict]]:
   rng = np.random.default_rng(0)
   rows = []
   for batch in batch_sizes:
@@ -57,8 +59,9 @@ def run(models: dict[str, generate.Model], *, lengths, batch_sizes, dllm_steps: 
       if 'dllm' in models:
         block = min(BLOCK_LENGTH, length)
         fixed = max(dllm_steps, length // block) // (length // block) * (length // block)
-        settings += [('dllm', f'{fixed} steps', {'steps': fixed, 'block_length': block}),
-                     ('dllm', 'steps = length', {'steps': length, 'block_length': block})]
+        settings.append(('dllm', f'{fixed} steps', {'steps': fixed, 'block_length': block}))
+        if length <= steps_equal_length_up_to:
+          settings.append(('dllm', 'steps = length', {'steps': length, 'block_length': block}))
       for kind, label, extra in settings:
         model = models[kind]
         seconds = _time(lambda: generate.generate_ids(model, prompts, gen_length=length,
@@ -70,6 +73,7 @@ def run(models: dict[str, generate.Model], *, lengths, batch_sizes, dllm_steps: 
                      'gflops_per_token': flops / 1e9})
   result = {'task': 'speed', 'lengths': list(lengths), 'batch_sizes': list(batch_sizes),
             'dllm_steps': dllm_steps, 'prompt_len': prompt_len, 'repeats': repeats,
+            'steps_equal_length_up_to': min(steps_equal_length_up_to, max(lengths)),
             'params_millions': {k: m.config.num_params() / 1e6 for k, m in models.items()},
             'crossover': crossover(rows)}
   return result, rows

@@ -19,9 +19,9 @@ def _eval_curve(workdir: str) -> list[tuple[int, float]]:
   return [(r['step'], r['eval_bits_per_token']) for r in rows if 'eval_bits_per_token' in r]
 
 
-def run(kinds, size: str, out_dir: str, *, train_steps: int, workdirs: dict[str, str] = None,
+def run(kinds, size: str, runs_dir: str, *, train_steps: int, workdirs: dict[str, str] = None,
         data_overrides: dict | None = None) -> tuple[dict, list[dict]]:
-  """Trains each model in OUT/likelihood_runs/<kind> (or uses given workdirs), then
+  """Trains each model in RUNS_DIR/<kind> (or uses given workdirs), then
   evaluates the latest checkpoints with --config.mode=eval's estimator."""
   rows, curves = [], {}
   for kind in kinds:
@@ -32,7 +32,7 @@ def run(kinds, size: str, out_dir: str, *, train_steps: int, workdirs: dict[str,
       section, key = dotted.split('.')
       config[section][key] = value
     if workdir is None:
-      workdir = os.path.join(out_dir, 'likelihood_runs', kind)
+      workdir = os.path.join(runs_dir, kind)
       config.train.num_steps = train_steps
       config.train.warmup_steps = min(config.train.warmup_steps, train_steps // 2)
       config.train.eval_every = max(1, train_steps // 5)
