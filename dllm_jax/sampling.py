@@ -25,6 +25,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import io_callback
 
 from dllm_jax import diffusion
 from dllm_jax.config import SAMPLERS
@@ -87,25 +88,56 @@ def validate(cfg: SamplerConfig, canvas_len: int, gen_start: int) -> None:
                           f'({gen_length // block} = gen_length / block_length).')
 
 
-def process_logits(logits_BxLxV: Array, cfg: SamplerConfig) -> Array:
-  """float32 logits with never-drawn ids removed, then top-k / top-p filtering."""
+class RowSettings(NamedTuple):
+  """Per-row settings, each an array [B]: rows of one batch may differ in all of them (the
+  server batches requests this way without compiling anything new)."""
+  steps: Array  # int32: model calls this row needs; the batch runs max(steps)
+  block_length: Array  # int32 (remasking samplers): divides gen_length
+  gen_length: Array  # int32: masks from gen_start; any positions after it are padding
+  temperature: Array  # float32; 0 is the argmax
+  top_k: Array  # int32; 0 keeps all
+  top_p: Array  # float32; 1 keeps all
+  cfg_scale: Array  # float32; 0: no guidance for this row
+  forbid_eos: Array  # bool
+
+
+def row_settings(cfg: SamplerConfig, batch: int, gen_length: int) -> RowSettings:
+  """`cfg`'s settings for every row of a batch."""
+  full = lambda value, dtype: jnp.full((batch,), value, dtype)
+  return RowSettings(full(cfg.steps, jnp.int32), full(cfg.block_length or gen_length, jnp.int32),
+                     full(gen_length, jnp.int32), full(cfg.temperature, jnp.float32),
+                     full(cfg.top_k, jnp.int32), full(cfg.top_p, jnp.float32),
+                     full(cfg.cfg_scale, jnp.float32), full(cfg.forbid_eos, bool))
+
+
+def filter_logits(logits_BxLxV: Array, cfg: SamplerConfig, rows: RowSettings) -> Array:
+  """float32 logits with never-drawn ids removed, then each row's top-k / top-p filter."""
   logits = logits_BxLxV.astype(jnp.float32)
-  allowed_V = diffusion.predictable(logits.shape[-1], cfg.mask_id, cfg.vocab_size)
-  if cfg.forbid_eos and cfg.eos_id >= 0:
-    allowed_V = allowed_V & (jnp.arange(logits.shape[-1]) != cfg.eos_id)
-  logits = jnp.where(allowed_V[None, None, :], logits, -jnp.inf)
-  if cfg.top_k:
-    kth = jax.lax.top_k(logits, cfg.top_k)[0][..., -1:]
-    logits = jnp.where(logits >= kth, logits, -jnp.inf)
-  if cfg.top_p < 1:
+  ids_V = jnp.arange(logits.shape[-1])
+  allowed_BxV = (diffusion.predictable(logits.shape[-1], cfg.mask_id, cfg.vocab_size)[None, :]
+                 & ~(rows.forbid_eos[:, None] & (ids_V == cfg.eos_id)[None, :]))
+  logits = jnp.where(allowed_BxV[:, None, :], logits, -jnp.inf)
+
+  def truncate(logits):
     sorted_desc = -jnp.sort(-logits, axis=-1)
+    k_B = jnp.where(rows.top_k > 0, jnp.minimum(rows.top_k, logits.shape[-1]), logits.shape[-1])
+    sorted_desc = jnp.where(ids_V[None, None, :] < k_B[:, None, None], sorted_desc, -jnp.inf)
+    kth = jnp.min(sorted_desc, axis=-1, keepdims=True, where=ids_V[None, None, :] < k_B[:, None, None],
+                  initial=jnp.inf)
     probs = jax.nn.softmax(sorted_desc, axis=-1)
     # Keep a token if the mass strictly above it is below top_p (so the top-1 always stays).
     mass_above = jnp.cumsum(probs, axis=-1) - probs
-    cutoff = jnp.min(jnp.where(mass_above < cfg.top_p, sorted_desc, jnp.inf), axis=-1,
-                     keepdims=True)
-    logits = jnp.where(logits >= cutoff, logits, -jnp.inf)
-  return logits
+    cutoff = jnp.min(jnp.where(mass_above < rows.top_p[:, None, None], sorted_desc, jnp.inf),
+                     axis=-1, keepdims=True)
+    return jnp.where(logits >= jnp.maximum(kth, cutoff), logits, -jnp.inf)
+
+  return jax.lax.cond(jnp.any((rows.top_k > 0) | (rows.top_p < 1)), truncate, lambda x: x,
+                      logits)
+
+
+def process_logits(logits_BxLxV: Array, cfg: SamplerConfig) -> Array:
+  """`filter_logits` with `cfg`'s settings on every row."""
+  return filter_logits(logits_BxLxV, cfg, row_settings(cfg, logits_BxLxV.shape[0], 1))
 
 
 def draw(key: Array, logits_BxLxV: Array, temperature: float) -> Array:
@@ -116,10 +148,22 @@ def draw(key: Array, logits_BxLxV: Array, temperature: float) -> Array:
   return jnp.argmax(logits_BxLxV / temperature + gumbel, axis=-1).astype(jnp.int32)
 
 
-def confidence(key: Array, logits_BxLxV: Array, x0_BxL: Array, kind: str) -> Array:
+def draw_rows(keys_B: Array, logits_BxLxV: Array, temperature_B: Array) -> Array:
+  """`draw` with a key and a temperature per row."""
+  t = temperature_B[:, None, None]
+
+  def noisy(logits):
+    gumbel = jax.vmap(lambda k: jax.random.gumbel(k, logits.shape[1:], jnp.float32))(keys_B)
+    return jnp.where(t > 0, logits / jnp.where(t > 0, t, 1.0) + gumbel, logits)
+
+  scores = jax.lax.cond(jnp.any(temperature_B > 0), noisy, lambda x: x, logits_BxLxV)
+  return jnp.argmax(scores, axis=-1).astype(jnp.int32)
+
+
+def confidence(keys_B: Array, logits_BxLxV: Array, x0_BxL: Array, kind: str) -> Array:
   """Higher is more confident; computed from the filtered distribution at temperature 1."""
   if kind == 'random':
-    return jax.random.uniform(key, x0_BxL.shape)
+    return jax.vmap(lambda k: jax.random.uniform(k, x0_BxL.shape[1:]))(keys_B)
   probs = jax.nn.softmax(logits_BxLxV, axis=-1)
   if kind == 'low_confidence':
     return jnp.take_along_axis(probs, x0_BxL[..., None], axis=-1)[..., 0]
@@ -130,21 +174,21 @@ def confidence(key: Array, logits_BxLxV: Array, x0_BxL: Array, kind: str) -> Arr
   return jnp.sum(jnp.where(probs > 0, probs * log_probs, 0.0), axis=-1)  # -entropy
 
 
-def _guided_logits(logits_fn, params, x_BxL, fixed_BxL, attention_mask, cfg):
-  """One model call; with guidance, on [conditional; prompt-masked] rows at once."""
-  if not cfg.cfg_scale:
+def _guided_logits(logits_fn, params, x_BxL, fixed_BxL, attention_mask, mask_id, cfg_scale_B):
+  """One model call; with guidance (`cfg_scale_B` not None), on [conditional;
+  prompt-masked] rows at once, mixed with each row's weight (0 leaves a row unguided)."""
+  if cfg_scale_B is None:
     return logits_fn(params, x_BxL, attention_mask)
-  unconditional = jnp.where(fixed_BxL, cfg.mask_id, x_BxL)
+  unconditional = jnp.where(fixed_BxL, mask_id, x_BxL)
   both = jnp.concatenate([x_BxL, unconditional], axis=0)
   mask = None if attention_mask is None else jnp.concatenate([attention_mask] * 2, axis=0)
   cond, uncond = jnp.split(logits_fn(params, both, mask), 2, axis=0)
   cond, uncond = cond.astype(jnp.float32), uncond.astype(jnp.float32)
-  return uncond + (cfg.cfg_scale + 1.0) * (cond - uncond)
+  return uncond + (cfg_scale_B[:, None, None] + 1.0) * (cond - uncond)
 
 
-def time_grid(steps: int, kind: str) -> Array:
-  """steps + 1 times from 1 down to 0."""
-  u = jnp.arange(steps + 1, dtype=jnp.float32) / steps
+def time_grid(u: Array, kind: str) -> Array:
+  """The time at grid fraction u in [0, 1]: 1 at u = 0, 0 at u = 1."""
   return 1.0 - u if kind == 'uniform' else jnp.cos(0.5 * jnp.pi * u)
 
 
@@ -157,59 +201,78 @@ def sample(logits_fn: Callable, params, canvas_BxL: Array, key: Array, cfg: Samp
   `logits_fn` static, e.g. `jax.jit(sample, static_argnums=(0, 4, 5))`.
   """
   validate(cfg, canvas_BxL.shape[1], gen_start)
+  batch, length = canvas_BxL.shape
+  return sample_rows(logits_fn, params, canvas_BxL, jax.random.split(key, batch),
+                     row_settings(cfg, batch, length - gen_start),
+                     SAMPLERS.index(cfg.sampler), cfg, gen_start, attention_mask_BxL,
+                     guided=bool(cfg.cfg_scale))
+
+
+def sample_rows(logits_fn: Callable, params, canvas_BxL: Array, keys_B: Array,
+                rows: RowSettings, sampler_index: Array | int, cfg: SamplerConfig,
+                gen_start: int, attention_mask_BxL: Array | None = None, *,
+                guided: bool = False, on_step: Callable | None = None,
+                report: Array | bool = False) -> Sample:
+  """The sampler behind `sample`, with a key and settings per row (`rows`) and the sampler
+  `SAMPLERS[sampler_index]` chosen at run time; of `cfg` only the vocabulary (mask_id,
+  vocab_size, eos_id), `time_grid` and `schedule` are read. The batch runs max(rows.steps)
+  steps; a row that needs fewer stops changing after its last. `guided` (static) runs the
+  doubled guidance pass, weighted per row by rows.cfg_scale. Rows are not validated here:
+  see `validate`. With `on_step` (static) and `report` true, `on_step(step, tokens_BxL)` is
+  called on the host after every step (streaming)."""
   fixed_BxL = canvas_BxL != cfg.mask_id
-  commit0 = jnp.where(fixed_BxL, -1, cfg.steps).astype(jnp.int32)
   positions_L = jnp.arange(canvas_BxL.shape[1])
+  rows_B = jnp.arange(canvas_BxL.shape[0])[:, None]
+  steps_B = rows.steps
 
-  def model(x_BxL):
-    logits = _guided_logits(logits_fn, params, x_BxL, fixed_BxL, attention_mask_BxL, cfg)
-    return process_logits(logits, cfg)
-
-  if cfg.sampler == 'ancestral':
-    times = time_grid(cfg.steps, cfg.time_grid)
-
-    def step(carry, i):
-      x, commit = carry
-      draw_key, unmask_key = jax.random.split(jax.random.fold_in(key, i))
-      t, s = times[i], times[i + 1]
-      alpha_t, alpha_s = cfg.schedule.alpha(t), cfg.schedule.alpha(s)
-      p_unmask = jnp.where(i == cfg.steps - 1, 1.0, (alpha_s - alpha_t) / (1.0 - alpha_t))
-      x0 = draw(draw_key, model(x), cfg.temperature)
-      masked = x == cfg.mask_id
-      unmask = masked & (jax.random.uniform(unmask_key, x.shape) < p_unmask)
-      return (jnp.where(unmask, x0, x), jnp.where(unmask, i, commit)), None
-
-  else:
-    gen_length = canvas_BxL.shape[1] - gen_start
-    block = cfg.block_length or gen_length
-    steps_per_block = cfg.steps // (gen_length // block)
-    most_per_step = -(-block // steps_per_block)  # no step commits more than this
-    rows_B = jnp.arange(canvas_BxL.shape[0])[:, None]
-
-    def step(carry, i):
-      x, commit, block_masks_B = carry
-      draw_key, conf_key = jax.random.split(jax.random.fold_in(key, i))
+  def remask(kind):
+    def commit(i, keys, logits, x0, masked_BxL, block_masks_B):
+      steps_per_block = steps_B // (rows.gen_length // rows.block_length)
       j = i % steps_per_block
-      lo = gen_start + (i // steps_per_block) * block
-      in_block_BxL = ((x == cfg.mask_id) & (positions_L >= lo)[None, :]
-                      & (positions_L < lo + block)[None, :])
+      lo_B = gen_start + (i // steps_per_block) * rows.block_length
+      in_block_BxL = (masked_BxL & (positions_L[None, :] >= lo_B[:, None])
+                      & (positions_L[None, :] < (lo_B + rows.block_length)[:, None]))
       # The block's mask count, taken at its first step, sets how many commit per step.
       block_masks_B = jnp.where(j == 0, in_block_BxL.sum(axis=1), block_masks_B)
       k_B = block_masks_B // steps_per_block + (j < block_masks_B % steps_per_block)
-      logits = model(x)
-      x0 = draw(draw_key, logits, cfg.temperature)
-      conf = jnp.where(in_block_BxL, confidence(conf_key, logits, x0, cfg.sampler), -jnp.inf)
+      conf = jnp.where(in_block_BxL, confidence(keys, logits, x0, kind), -jnp.inf)
       # Commit the k_B most confident positions of the block (ties go to the left).
-      _, top_BxK = jax.lax.top_k(conf, most_per_step)
-      chosen_BxK = jnp.arange(most_per_step)[None, :] < k_B[:, None]
-      commit_now = jnp.zeros_like(in_block_BxL).at[rows_B, top_BxK].max(chosen_BxK)
-      return (jnp.where(commit_now, x0, x), jnp.where(commit_now, i, commit),
-              block_masks_B), None
+      order_BxL = jnp.argsort(-conf, axis=1, stable=True)
+      rank_BxL = jnp.zeros_like(order_BxL).at[rows_B, order_BxL].set(positions_L[None, :])
+      return in_block_BxL & (rank_BxL < k_B[:, None]), block_masks_B
+    return commit
 
-  init = (canvas_BxL, commit0)
-  if cfg.sampler != 'ancestral':
-    init += (jnp.zeros(canvas_BxL.shape[0], jnp.int32),)
-  final, _ = jax.lax.scan(step, init, jnp.arange(cfg.steps))
+  def ancestral(i, keys, logits, x0, masked_BxL, block_masks_B):
+    del logits, x0
+    steps = steps_B.astype(jnp.float32)
+    alpha_t = cfg.schedule.alpha(time_grid(i / steps, cfg.time_grid))
+    alpha_s = cfg.schedule.alpha(time_grid((i + 1) / steps, cfg.time_grid))
+    p_unmask_B = jnp.where(i == steps_B - 1, 1.0, (alpha_s - alpha_t) / (1.0 - alpha_t))
+    u_BxL = jax.vmap(lambda k: jax.random.uniform(k, masked_BxL.shape[1:]))(keys)
+    return masked_BxL & (u_BxL < p_unmask_B[:, None]), block_masks_B
+
+  branches = [ancestral if kind == 'ancestral' else remask(kind) for kind in SAMPLERS]
+
+  def step(i, carry):
+    x, commit, block_masks_B = carry
+    step_keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, i)))(keys_B)
+    logits = _guided_logits(logits_fn, params, x, fixed_BxL, attention_mask_BxL, cfg.mask_id,
+                            rows.cfg_scale if guided else None)
+    logits = filter_logits(logits, cfg, rows)
+    x0 = draw_rows(step_keys[:, 0], logits, rows.temperature)
+    commit_now, block_masks_B = jax.lax.switch(
+        sampler_index, branches, i, step_keys[:, 1], logits, x0, x == cfg.mask_id,
+        block_masks_B)
+    commit_now = commit_now & (i < steps_B)[:, None]
+    x = jnp.where(commit_now, x0, x)
+    if on_step is not None:
+      jax.lax.cond(report, lambda: io_callback(on_step, None, i, x),
+                   lambda: None)
+    return x, jnp.where(commit_now, i, commit), block_masks_B
+
+  commit0 = jnp.where(fixed_BxL, -1, jnp.max(steps_B)).astype(jnp.int32)
+  init = (canvas_BxL, commit0, jnp.zeros(canvas_BxL.shape[0], jnp.int32))
+  final = jax.lax.fori_loop(0, jnp.max(steps_B), step, init)
   return Sample(final[0], final[1])
 
 

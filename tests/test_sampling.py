@@ -214,8 +214,8 @@ def test_guidance_combines_conditional_and_prompt_masked_passes():
     return jnp.zeros(tokens.shape + (V,)).at[:, :, 0].set(count[:, None])
 
   canvas = prompt_canvas(batch=1, prompt_len=5, gen_length=3)
-  logits = sampling._guided_logits(fake, None, canvas, canvas != MASK, None,
-                                   settings(cfg_scale=2.0))
+  logits = sampling._guided_logits(fake, None, canvas, canvas != MASK, None, MASK,
+                                   jnp.array([2.0]))
   cond, uncond = 5.0, 0.0
   np.testing.assert_allclose(logits[0, :, 0], uncond + 3.0 * (cond - uncond))
   assert np.all(np.asarray(seen[0][1]) == MASK)
@@ -293,3 +293,40 @@ def test_multiple_choice_picks_the_answer_the_model_prefers(tiny):
                                         jax.random.key(1), mask_id=MASK, vocab_size=V,
                                         mc_num=64, batch_size=16)
   assert best == 1 and all(math.isfinite(n) for n in nlls)
+
+
+def test_rows_with_their_own_settings_sample_as_they_would_alone(tiny):
+  """What the server relies on to batch requests: each row of `sample_rows` has its own key,
+  sampler settings and generation length (shorter rows padded on the right, out of
+  attention), and comes out as it does when sampled alone at its own length."""
+  logits_fn, params = tiny
+  run = jax.jit(sampling.sample_rows, static_argnums=(0, 6, 7), static_argnames='guided')
+  base = settings()
+  prompt, lengths = prompt_canvas(batch=3, gen_length=0), [16, 8, 12]
+  rows = [dict(steps=8, block_length=4, temperature=0.0, top_k=0, top_p=1.0, cfg_scale=0.0),
+          dict(steps=8, block_length=8, temperature=1.0, top_k=5, top_p=1.0, cfg_scale=1.0),
+          dict(steps=6, block_length=6, temperature=0.7, top_k=0, top_p=0.9, cfg_scale=0.0)]
+  keys = jax.random.split(jax.random.key(7), 3)
+
+  def settings_of(row_list, gen):
+    cols = {f: jnp.asarray([r[f] for r in row_list]) for f in row_list[0]}
+    return sampling.RowSettings(gen_length=jnp.asarray(gen, jnp.int32),
+                                forbid_eos=jnp.zeros(len(gen), bool), **cols)
+
+  canvas = jnp.concatenate([prompt, jnp.full((3, 16), MASK)], axis=1)
+  valid = jnp.ones(canvas.shape, bool)
+  for row, n in enumerate(lengths):
+    canvas = canvas.at[row, 5 + n:].set(0)
+    valid = valid.at[row, 5 + n:].set(False)
+  for sampler_index in (sampling.SAMPLERS.index('low_confidence'),
+                        sampling.SAMPLERS.index('ancestral')):
+    together = run(logits_fn, params, canvas, keys, settings_of(rows, lengths), sampler_index,
+                   base, 5, valid, guided=True)
+    for row, n in enumerate(lengths):
+      alone = run(logits_fn, params, canvas[row:row + 1, :5 + n], keys[row:row + 1],
+                  settings_of(rows[row:row + 1], [n]), sampler_index, base, 5, None,
+                  guided=True)
+      np.testing.assert_array_equal(together.tokens[row, :5 + n], alone.tokens[0])
+      assert not np.any(np.asarray(alone.tokens) == MASK)
+      # A row stops changing after its own steps, whatever the batch's longest row needs.
+      assert int(together.commit_step[row, 5:5 + n].max()) < rows[row]['steps']
