@@ -1,0 +1,1 @@
+"""The HTTP server: `python -m dllm_jax.serve` (see dllm_jax/serve.py)."""
