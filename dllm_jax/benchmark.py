@@ -16,15 +16,11 @@ dllm_jax/benchmarks/{generation_speed,likelihood,reversal}.py for what each meas
 import os
 import sys
 
-import jax
 from absl import app, flags
 
 from dllm_jax import cli
 from dllm_jax import data as data_lib
-from dllm_jax import diffusion
 from dllm_jax import generate
-from dllm_jax import model as model_lib
-from dllm_jax import train
 from dllm_jax.benchmarks import common, generation_speed, likelihood, reversal
 from dllm_jax.config import ConfigError
 
@@ -57,22 +53,6 @@ def define_flags():
   flags.DEFINE_string('data_dir', '', 'Where prepared datasets are cached (config.data.data_dir).')
 
 
-def _random_models(kinds, size, max_len: int) -> dict[str, generate.Model]:
-  """Speed does not depend on the weights: freshly initialised models of each config, with
-  a context of at least `max_len`."""
-  models = {}
-  for kind in kinds:
-    config = common.config_for(kind, size)
-    config.model.max_seq_len = max(config.model.max_seq_len, max_len)
-    tokenizer = data_lib.make_tokenizer(config.data.tokenizer)
-    model_config = model_lib.ModelConfig.from_config(config.model,
-                                                     train.vocab_size_for(config, tokenizer))
-    params = model_lib.init_params(model_config, jax.random.key(0))
-    models[kind] = generate.Model(params, model_config, tokenizer, 0,
-                                  diffusion.schedule_from_config(config.diffusion))
-  return models
-
-
 def _trained(kinds, size, runs, steps, given, **data_overrides) -> dict[str, generate.Model]:
   models = {}
   for kind in kinds:
@@ -95,7 +75,8 @@ def run(task: str, kinds, out: str, size: str, f) -> dict:
   if task == 'speed':
     lengths = [int(x) for x in f.lengths]
     models = (common.load_models(kinds, given) if all(given[k] for k in kinds)
-              else _random_models(kinds, size, max(lengths) + generation_speed.PROMPT_LEN + 1))
+              else {k: common.random_model(k, size, max(lengths) + generation_speed.PROMPT_LEN + 1)
+                    for k in kinds})
     result, rows = generation_speed.run(
         models, lengths=lengths, batch_sizes=[int(b) for b in f.batch_sizes],
         dllm_steps=f.dllm_steps, repeats=f.repeats,
@@ -118,7 +99,8 @@ def run(task: str, kinds, out: str, size: str, f) -> dict:
     pairs = reversal.make_dictionary(f.dictionary_size, f.seed)
     corpus = reversal.write_corpus(os.path.join(runs, 'data'),
                                    reversal.training_text(pairs, f.pair_repeats, f.seed))
-    models = _trained(kinds, size, runs, f.train_steps, {}, files=corpus, validation_fraction=0.01, data_dir=f.data_dir)
+    models = _trained(kinds, size, runs, f.train_steps, {}, files=corpus,
+                      validation_fraction=0.01, data_dir=f.data_dir)
     rows = reversal.evaluate_translation(models, pairs)
     result = {'task': task, 'dictionary_size': len(pairs), 'pair_repeats': f.pair_repeats,
               'train_steps': f.train_steps, 'size': size, 'pairs': pairs}

@@ -2,9 +2,10 @@
 
 A canvas is a batch of token rows in which the positions to fill hold the mask id; every
 other position (the prompt, or the given text of an infilling canvas) is fixed and never
-changes, and a position once committed is never changed again. Each sampler is one
-`lax.scan` over its steps, so one call costs exactly `steps` forward passes (one pass on a
-doubled batch with classifier-free guidance) and compiles once per shape and setting.
+changes, and a position once committed is never changed again. Each sampler is one loop
+over its steps, so one call costs exactly `steps` forward passes (one pass on a doubled
+batch with classifier-free guidance) and compiles once per shape and setting (`sample`)
+or once per shape (`sample_rows`).
 
 - `ancestral` (MD4/MDLM): walks a time grid from 1 to 0; at each step every masked
   position is unmasked with probability (alpha_s - alpha_t) / (1 - alpha_t) and drawn from
@@ -16,7 +17,10 @@ doubled batch with classifier-free guidance) and compiles once per shape and set
   0) with the highest confidence, which is the probability of the drawn token, the top-1
   minus top-2 probability, the negative entropy, or uniform noise.
 
-The network is only seen through `logits_fn(params, tokens, attention_mask)`.
+`sample` runs one setting for the whole batch. `sample_rows` is the same sampler with a
+key and settings per row and the sampler chosen at run time: the server batches unrelated
+requests through it without compiling anything new. The network is only seen through
+`logits_fn(params, tokens, attention_mask)`.
 """
 
 import dataclasses
@@ -121,9 +125,9 @@ def filter_logits(logits_BxLxV: Array, cfg: SamplerConfig, rows: RowSettings) ->
   def truncate(logits):
     sorted_desc = -jnp.sort(-logits, axis=-1)
     k_B = jnp.where(rows.top_k > 0, jnp.minimum(rows.top_k, logits.shape[-1]), logits.shape[-1])
-    sorted_desc = jnp.where(ids_V[None, None, :] < k_B[:, None, None], sorted_desc, -jnp.inf)
-    kth = jnp.min(sorted_desc, axis=-1, keepdims=True, where=ids_V[None, None, :] < k_B[:, None, None],
-                  initial=jnp.inf)
+    top_k_V = ids_V[None, None, :] < k_B[:, None, None]
+    sorted_desc = jnp.where(top_k_V, sorted_desc, -jnp.inf)
+    kth = jnp.min(sorted_desc, axis=-1, keepdims=True, where=top_k_V, initial=jnp.inf)
     probs = jax.nn.softmax(sorted_desc, axis=-1)
     # Keep a token if the mass strictly above it is below top_p (so the top-1 always stays).
     mass_above = jnp.cumsum(probs, axis=-1) - probs

@@ -44,6 +44,7 @@ def define_flags():
                     'is the most max_tokens served.')
   flags.DEFINE_bool('allow_cfg', False, 'Also compile guided shapes, so that requests may set '
                     'cfg_scale (twice the compilations).')
+  flags.DEFINE_integer('max_steps', 1024, 'Most denoising steps a request may ask for.')
   flags.DEFINE_integer('max_queue', 64, 'Rows that may wait; more get 429 + Retry-After.')
   flags.DEFINE_float('batch_wait_ms', 5.0, 'How long a call waits for companions.')
   flags.DEFINE_float('request_timeout_s', 300.0, 'Longest a request may take.')
@@ -73,6 +74,7 @@ def build(f) -> tuple:
                              prompt_buckets=ints(f.prompt_buckets, 'prompt_buckets'),
                              gen_buckets=ints(f.gen_buckets, 'gen_buckets'),
                              allow_cfg=f.allow_cfg, max_queue=f.max_queue,
+                             max_steps=_positive(f.max_steps, 'max_steps'),
                              batch_wait_s=f.batch_wait_ms / 1000)
   engine.warm_up()
   name = f.model_name or os.path.basename(os.path.normpath(f.checkpoint or f.hf_dir))

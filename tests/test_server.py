@@ -1,6 +1,5 @@
 """The HTTP server: a real uvicorn on an ephemeral loopback port, serving a tiny LLaDA."""
 
-import contextlib
 import http.client
 import json
 import os
@@ -9,12 +8,10 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent import futures
 
 import pytest
-import uvicorn
 
 from dllm_jax import generate
 from dllm_jax.convert import synthetic
@@ -37,25 +34,9 @@ def engine(tmp_path_factory):
   eng.stop()
 
 
-@contextlib.contextmanager
-def serving(app):
-  """Runs `app` on 127.0.0.1 at a free port; yields the base URL."""
-  server = uvicorn.Server(uvicorn.Config(app, host='127.0.0.1', port=0, log_level='error'))
-  thread = threading.Thread(target=server.run, daemon=True)
-  thread.start()
-  while not server.started:
-    time.sleep(0.02)
-  port = server.servers[0].sockets[0].getsockname()[1]
-  try:
-    yield f'http://127.0.0.1:{port}'
-  finally:
-    server.should_exit = True
-    thread.join()
-
-
 @pytest.fixture(scope='module')
 def url(engine):
-  with serving(api.create_app(engine, model_name=MODEL)) as base:
+  with api.running(api.create_app(engine, model_name=MODEL)) as base:
     yield base
 
 
@@ -201,6 +182,10 @@ BAD_REQUESTS = [
     ('unknown model', {'model': 'gpt-9', 'prompt': 'x'}, 404, "'gpt-9' does not exist"),
     ('unknown sampler', {'model': MODEL, 'prompt': 'x', 'sampler': 'beam'}, 400, 'sampler'),
     ('too many samples', {'model': MODEL, 'prompt': 'x', 'n': 9}, 400, 'at most 4'),
+    ('astronomical n', {'model': MODEL, 'prompt': 'x', 'n': 10**18}, 400, 'at most 4'),
+    ('endless steps', {'model': MODEL, 'prompt': 'x', 'max_tokens': 8, 'steps': 8 * 10**9},
+     400, 'steps: at most 1024'),
+    ('mask in token ids', {'model': MODEL, 'prompt': [5, 'MASK']}, 400, 'not the mask'),
     ('bad token ids', {'model': MODEL, 'prompt': [1, 10**9]}, 400, 'token ids'),
     ('empty prompt list', {'model': MODEL, 'prompt': []}, 400, 'prompt'),
     ('top_p zero', {'model': MODEL, 'prompt': 'x', 'top_p': 0}, 400, 'top_p'),
@@ -210,9 +195,11 @@ BAD_REQUESTS = [
 
 @pytest.mark.parametrize('name, body, status, message', BAD_REQUESTS,
                          ids=[b[0] for b in BAD_REQUESTS])
-def test_bad_input_is_a_clear_4xx_and_the_server_keeps_serving(url, name, body, status,
-                                                               message):
+def test_bad_input_is_a_clear_4xx_and_the_server_keeps_serving(url, engine, name, body,
+                                                               status, message):
   del name
+  if isinstance(body, dict) and body.get('prompt') == [5, 'MASK']:
+    body = {**body, 'prompt': [5, engine.tokenizer.mask_id]}
   raw = body if isinstance(body, bytes) else None
   got, _, answer = call(url, 'POST', '/v1/completions', None if raw else body, raw=raw)
   assert got == status, answer
@@ -232,7 +219,7 @@ def test_bad_chat_requests(url):
 
 
 def test_oversized_bodies_are_refused(engine):
-  with serving(api.create_app(engine, model_name=MODEL, max_body_bytes=1000)) as base:
+  with api.running(api.create_app(engine, model_name=MODEL, max_body_bytes=1000)) as base:
     status, _, body = complete(base, prompt='x' * 2000)
     assert status == 413 and 'over 1000 bytes' in body['error']['message']
     # Without a Content-Length, as the body streams in.
@@ -246,7 +233,7 @@ def test_oversized_bodies_are_refused(engine):
 
 
 def test_api_key(engine):
-  with serving(api.create_app(engine, model_name=MODEL, api_key='s3cret')) as base:
+  with api.running(api.create_app(engine, model_name=MODEL, api_key='s3cret')) as base:
     assert complete(base)[0] == 401
     wrong = call(base, 'POST', '/v1/completions', {'model': MODEL, 'prompt': 'x'},
                  headers={'Authorization': 'Bearer nope'})
@@ -287,7 +274,7 @@ def test_a_client_that_leaves_frees_its_slot(url, engine):
 
 
 def test_a_request_over_its_time_is_503_and_leaves_the_queue(engine):
-  with serving(api.create_app(engine, model_name=MODEL, request_timeout_s=0.5)) as base:
+  with api.running(api.create_app(engine, model_name=MODEL, request_timeout_s=0.5)) as base:
     with engine.paused():
       status, headers, body = complete(base)
       assert status == 503 and body['error']['code'] == 'timeout' and 'retry-after' in headers

@@ -16,7 +16,12 @@ import matplotlib
 matplotlib.use('Agg')  # files only, no display
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+import jax  # pylint: disable=wrong-import-position
+
+from dllm_jax import data as data_lib  # pylint: disable=wrong-import-position
+from dllm_jax import diffusion  # pylint: disable=wrong-import-position
 from dllm_jax import generate  # pylint: disable=wrong-import-position
+from dllm_jax import model as model_lib  # pylint: disable=wrong-import-position
 from dllm_jax import train  # pylint: disable=wrong-import-position
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -46,6 +51,19 @@ def train_model(kind: str, size: str, workdir: str, **overrides) -> dict:
 
 def load_models(kinds, checkpoints: dict[str, str]) -> dict[str, generate.Model]:
   return {kind: generate.load(checkpoint=checkpoints[kind]) for kind in kinds}
+
+
+def random_model(kind: str, size: str, max_len: int = 0) -> generate.Model:
+  """A freshly initialised model of `kind`'s config, with a context of at least `max_len`:
+  speed does not depend on the weights."""
+  config = config_for(kind, size)
+  config.model.max_seq_len = max(config.model.max_seq_len, max_len)
+  tokenizer = data_lib.make_tokenizer(config.data.tokenizer)
+  model_config = model_lib.ModelConfig.from_config(config.model,
+                                                   train.vocab_size_for(config, tokenizer))
+  params = model_lib.init_params(model_config, jax.random.key(0))
+  return generate.Model(params, model_config, tokenizer, 0,
+                        diffusion.schedule_from_config(config.diffusion))
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:

@@ -15,11 +15,13 @@ a full queue is 429 with Retry-After.
 """
 
 import asyncio
+import contextlib
 import hmac
 import importlib.resources
 import json
 import os
 import secrets
+import threading
 import time
 from typing import Literal
 
@@ -94,6 +96,10 @@ class ChatRequest(_Request):
 
 class _BodyTooLarge(HTTPException):
   pass
+
+
+class _ClientGone(Exception):
+  """The client disconnected before its answer was ready."""
 
 
 class BodyLimit:
@@ -176,7 +182,8 @@ def _resolve_settings(req: _Request, max_tokens: int) -> engine_lib.Settings:
     block = 32 if fits and req.sampler != 'ancestral' else max_tokens
   return engine_lib.Settings(gen_length=max_tokens, steps=steps, block_length=block,
                              sampler=req.sampler, temperature=req.temperature,
-                             top_k=req.top_k, top_p=req.top_p, cfg_scale=req.cfg_scale)
+                             top_k=min(req.top_k, engine_lib.MAX_TOP_K), top_p=req.top_p,
+                             cfg_scale=req.cfg_scale)
 
 
 def _cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
@@ -242,9 +249,8 @@ def create_app(engine: engine_lib.Engine, *, model_name: str, api_key: str | Non
     if len(stops) > MAX_STOP or any(not s for s in stops):
       raise ApiError(400, f'stop: at most {MAX_STOP} non-empty strings.', param='stop')
     settings = _resolve_settings(req, max_tokens or default_max_tokens)
-    rows = [p for p in prompts for _ in range(req.n)]
     try:
-      engine.check(max(len(p) for p in prompts), settings, len(rows))
+      engine.check(max(len(p) for p in prompts), settings, len(prompts) * req.n)
     except sampling.SamplingError as e:
       field = str(e).split(':')[0]
       raise ApiError(400, str(e), param=field if field in type(req).model_fields else None) from e
@@ -252,6 +258,7 @@ def create_app(engine: engine_lib.Engine, *, model_name: str, api_key: str | Non
     events: asyncio.Queue = asyncio.Queue()
     post = lambda item: loop.call_soon_threadsafe(events.put_nowait, item)
     seed = secrets.randbits(32) if req.seed is None else req.seed % 2**32
+    rows = [p for p in prompts for _ in range(req.n)]
     job = engine_lib.Job(rows, settings, seed, on_done=lambda result: post(('done', result)),
                          on_step=(lambda step, canvases, masked: post(
                              ('step', (step, canvases, masked)))) if req.stream else None)
@@ -271,7 +278,7 @@ def create_app(engine: engine_lib.Engine, *, model_name: str, api_key: str | Non
       except asyncio.TimeoutError:
         if await request.is_disconnected():
           engine.cancel(job)
-          raise asyncio.CancelledError() from None
+          raise _ClientGone() from None
         if time.monotonic() > deadline:
           engine.cancel(job)
           raise ApiError(503, f'the request took over {request_timeout_s:.0f}s; try fewer '
@@ -312,7 +319,7 @@ def create_app(engine: engine_lib.Engine, *, model_name: str, api_key: str | Non
     if not req.stream:
       try:
         rows = await finished_rows(job, events, request)
-      except asyncio.CancelledError:
+      except _ClientGone:
         return JSONResponse(_error_body('client closed the request', 'client_error'), 499)
       choices, tokens = choices_of(rows, stops, chat)
       return {**head, 'choices': choices, 'usage': usage(prompts, req, tokens)}
@@ -356,6 +363,8 @@ def create_app(engine: engine_lib.Engine, *, model_name: str, api_key: str | Non
       except ApiError as e:
         yield sse(_error_body(str(e.detail), e.kind, code=e.code))
         yield 'data: [DONE]\n\n'
+      except _ClientGone:
+        pass
       finally:
         if not done:
           engine.cancel(job)
@@ -375,9 +384,9 @@ def create_app(engine: engine_lib.Engine, *, model_name: str, api_key: str | Non
       if isinstance(p, str):
         prompts.append(np.asarray(tokenizer.encode(p), np.int32))
       else:
-        if not all(0 <= t < tokenizer.vocab_size for t in p):
-          raise ApiError(400, f'prompt: token ids must be in [0, {tokenizer.vocab_size}).',
-                         param='prompt')
+        if not all(0 <= t < tokenizer.vocab_size and t != tokenizer.mask_id for t in p):
+          raise ApiError(400, f'prompt: token ids must be in [0, {tokenizer.vocab_size}) and '
+                         f'not the mask ({tokenizer.mask_id}).', param='prompt')
         prompts.append(np.asarray(p, np.int32))
     return await respond(req, request, prompts, req.max_tokens, chat=False)
 
@@ -423,3 +432,22 @@ def create_app(engine: engine_lib.Engine, *, model_name: str, api_key: str | Non
         '{{MAX_TOKENS}}', str(engine.gen_buckets[-1]))
 
   return app
+
+
+@contextlib.contextmanager
+def running(app, host: str = '127.0.0.1', port: int = 0):
+  """Serves `app` with uvicorn in a thread (port 0: a free one); yields its base URL."""
+  import uvicorn  # pylint: disable=g-import-not-at-top
+  server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level='error'))
+  thread = threading.Thread(target=server.run, daemon=True)
+  thread.start()
+  while not server.started:
+    if not thread.is_alive():
+      raise RuntimeError(f'the server did not start on {host}:{port}.')
+    time.sleep(0.02)
+  port = server.servers[0].sockets[0].getsockname()[1]
+  try:
+    yield f'http://{host}:{port}'
+  finally:
+    server.should_exit = True
+    thread.join()

@@ -29,6 +29,7 @@ from dllm_jax import sharding
 from dllm_jax.config import SAMPLERS
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+MAX_TOP_K = 2**31 - 1  # top_k past the vocabulary keeps everything
 
 
 class QueueFull(Exception):
@@ -106,11 +107,12 @@ class Engine:
 
   def __init__(self, model: generate.Model, *, max_batch: int = 8,
                prompt_buckets=(128, 512), gen_buckets=(64, 256), allow_cfg: bool = False,
-               max_queue: int = 64, batch_wait_s: float = 0.005):
+               max_queue: int = 64, batch_wait_s: float = 0.005, max_steps: int = 1024):
     if model.config.causal:
       raise ValueError('the server samples diffusion models; this checkpoint is causal.')
     self.model, self.tokenizer = model, model.tokenizer
     self.max_batch, self.max_queue, self.batch_wait_s = max_batch, max_queue, batch_wait_s
+    self.max_steps = max_steps
     self.prompt_buckets = tuple(sorted(prompt_buckets))
     self.gen_buckets = tuple(sorted(gen_buckets))
     self.row_buckets = tuple(b for b in ROW_BUCKETS if b < max_batch) + (max_batch,)
@@ -182,6 +184,9 @@ class Engine:
       raise sampling.SamplingError(f'the prompt ({prompt_tokens} tokens) and max_tokens '
                                    f'({settings.gen_length}) exceed the model\'s context of '
                                    f'{limit} tokens.')
+    if settings.steps > self.max_steps:
+      raise sampling.SamplingError(f'steps: at most {self.max_steps} (--max_steps), got '
+                                   f'{settings.steps}.')
     if settings.cfg_scale > 0 and not self.allow_cfg:
       raise sampling.SamplingError('cfg_scale: guidance needs the server started with '
                                    '--allow_cfg.')
