@@ -206,26 +206,32 @@ def sample(logits_fn: Callable, params, canvas_BxL: Array, key: Array, cfg: Samp
   """
   validate(cfg, canvas_BxL.shape[1], gen_start)
   batch, length = canvas_BxL.shape
+  most_per_step = None  # ancestral may commit everything in one step
+  if cfg.sampler != 'ancestral':
+    block = cfg.block_length or length - gen_start
+    most_per_step = -(-block // (cfg.steps // ((length - gen_start) // block)))
   return sample_rows(logits_fn, params, canvas_BxL, jax.random.split(key, batch),
                      row_settings(cfg, batch, length - gen_start),
                      SAMPLERS.index(cfg.sampler), cfg, gen_start, attention_mask_BxL,
-                     guided=bool(cfg.cfg_scale))
+                     guided=bool(cfg.cfg_scale), most_per_step=most_per_step)
 
 
 def sample_rows(logits_fn: Callable, params, canvas_BxL: Array, keys_B: Array,
                 rows: RowSettings, sampler_index: Array | int, cfg: SamplerConfig,
                 gen_start: int, attention_mask_BxL: Array | None = None, *,
-                guided: bool = False, on_step: Callable | None = None,
-                report: Array | bool = False) -> Sample:
+                guided: bool = False, most_per_step: int | None = None,
+                on_step: Callable | None = None, report: Array | bool = False) -> Sample:
   """The sampler behind `sample`, with a key and settings per row (`rows`) and the sampler
   `SAMPLERS[sampler_index]` chosen at run time; of `cfg` only the vocabulary (mask_id,
   vocab_size, eos_id), `time_grid` and `schedule` are read. The batch runs max(rows.steps)
   steps; a row that needs fewer stops changing after its last. `guided` (static) runs the
-  doubled guidance pass, weighted per row by rows.cfg_scale. Rows are not validated here:
-  see `validate`. With `on_step` (static) and `report` true, `on_step(step, tokens_BxL)` is
+  doubled guidance pass, weighted per row by rows.cfg_scale. `most_per_step` (static) bounds
+  the tokens a row commits in one step (default: the canvas length). Rows are not validated
+  here: see `validate`. With `on_step` (static) and `report` true, `on_step(step, tokens_BxL)` is
   called on the host after every step (streaming)."""
   fixed_BxL = canvas_BxL != cfg.mask_id
   positions_L = jnp.arange(canvas_BxL.shape[1])
+  most_per_step = min(most_per_step or canvas_BxL.shape[1], canvas_BxL.shape[1])
   rows_B = jnp.arange(canvas_BxL.shape[0])[:, None]
   steps_B = rows.steps
 
@@ -241,9 +247,10 @@ def sample_rows(logits_fn: Callable, params, canvas_BxL: Array, keys_B: Array,
       k_B = block_masks_B // steps_per_block + (j < block_masks_B % steps_per_block)
       conf = jnp.where(in_block_BxL, confidence(keys, logits, x0, kind), -jnp.inf)
       # Commit the k_B most confident positions of the block (ties go to the left).
-      order_BxL = jnp.argsort(-conf, axis=1, stable=True)
-      rank_BxL = jnp.zeros_like(order_BxL).at[rows_B, order_BxL].set(positions_L[None, :])
-      return in_block_BxL & (rank_BxL < k_B[:, None]), block_masks_B
+      _, top_BxK = jax.lax.top_k(conf, most_per_step)
+      chosen_BxK = jnp.arange(most_per_step)[None, :] < k_B[:, None]
+      commit_now = jnp.zeros_like(in_block_BxL).at[rows_B, top_BxK].max(chosen_BxK)
+      return commit_now & in_block_BxL, block_masks_B
     return commit
 
   def ancestral(i, keys, logits, x0, masked_BxL, block_masks_B):

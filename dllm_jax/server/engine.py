@@ -140,14 +140,14 @@ class Engine:
     shape = (rows, width, gen, guided)
     if shape not in self._compiled:
       fn = jax.jit(sampling.sample_rows, static_argnums=(0, 6, 7),
-                   static_argnames=('guided', 'on_step'))
+                   static_argnames=('guided', 'most_per_step', 'on_step'))
       canvas = jnp.zeros((rows, width + gen), jnp.int32)
       settings = sampling.row_settings(self._vocab, rows, gen)
       with self._placed():
         self._compiled[shape] = fn.lower(
             self.model.logits_fn, self.model.params, canvas, jax.random.split(
                 jax.random.key(0), rows), settings, jnp.int32(0), self._vocab, width,
-            jnp.ones(canvas.shape, bool), guided=guided, on_step=self._report,
+            jnp.ones(canvas.shape, bool), guided=guided, most_per_step=gen, on_step=self._report,
             report=jnp.bool_(False)).compile()
       self.metrics.compilations.inc()
     return self._compiled[shape]
