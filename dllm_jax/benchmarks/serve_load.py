@@ -1,15 +1,15 @@
 r"""Requests/s and latency of `dllm_jax.serve` under concurrent clients, batched against one
 request at a time, side by side in one run.
 
-  python -m dllm_jax.benchmarks.serve_load --sizes=tiny,small --concurrency=1,8,32 \
+  python -m dllm_jax.benchmarks.serve_load --sizes=tiny,small --concurrency=1,8,32 --requests=64 \
       --out=/tmp/serve_load
 
 For each model size (configs/llada_small.py variants, random weights: speed does not depend
 on them) two servers run on loopback in this process: `batched` (up to --max_batch rows per
 sampler call) and `sequential` (--max_batch=1, each request alone). At each concurrency C,
-C client threads send --requests_per_client completion requests each (max_tokens, steps
-and block_length as given, a different seed each) and wait for each answer before sending
-the next. Reported: requests/s over the whole level, p50 and p99 latency, mean rows per
+C client threads send --requests completion requests in all (max_tokens, steps and
+block_length as given, a different seed each), each client waiting for its answer before
+sending the next. Reported: requests/s over the whole level, p50 and p99 latency, mean rows per
 sampler call, and any non-200 answer (there should be none). Writes OUT/serve_load.{json,md}.
 """
 
@@ -37,7 +37,7 @@ class Load:
   max_tokens: int = 64
   steps: int = 32
   block_length: int = 32
-  requests_per_client: int = 4
+  requests: int = 64  # per concurrency level, split evenly over the clients
 
 
 def _post(base: str, body: dict) -> int:
@@ -54,7 +54,7 @@ def drive(base: str, model_name: str, concurrency: int, load: Load) -> dict:
   latencies, statuses, lock = [], [], threading.Lock()
 
   def client(i):
-    for j in range(load.requests_per_client):
+    for j in range(max(1, load.requests // concurrency)):
       body = {'model': model_name, 'prompt': PROMPT, 'max_tokens': load.max_tokens,
               'steps': load.steps, 'block_length': load.block_length, 'temperature': 0.0,
               'seed': i * 1000 + j}
@@ -107,7 +107,7 @@ def main(argv):
   del argv
   cli.quiet_library_logs()
   f = flags.FLAGS
-  load = Load(f.max_tokens, f.steps, f.block_length, f.requests_per_client)
+  load = Load(f.max_tokens, f.steps, f.block_length, f.requests)
   levels = [int(c) for c in f.concurrency]
   rows = run(f.sizes, levels, load, f.max_batch)
   for row in rows:  # batched / sequential at the same size and concurrency
@@ -126,7 +126,7 @@ def main(argv):
 if __name__ == '__main__':
   flags.DEFINE_list('sizes', ['tiny', 'small'], 'configs/llada_small.py variants.')
   flags.DEFINE_list('concurrency', ['1', '8', '32'], 'Concurrent clients, one level each.')
-  flags.DEFINE_integer('requests_per_client', 4, 'Requests each client sends, one at a time.')
+  flags.DEFINE_integer('requests', 64, 'Requests per concurrency level, over all clients.')
   flags.DEFINE_integer('max_tokens', 64, 'Tokens per request.')
   flags.DEFINE_integer('steps', 32, 'Denoising steps per request.')
   flags.DEFINE_integer('block_length', 32, 'Block length per request.')
