@@ -17,6 +17,7 @@ a full queue is 429 with Retry-After.
 import asyncio
 import contextlib
 import hmac
+import html
 import importlib.resources
 import json
 import os
@@ -256,7 +257,11 @@ def create_app(engine: engine_lib.Engine, *, model_name: str, api_key: str | Non
       raise ApiError(400, str(e), param=field if field in type(req).model_fields else None) from e
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
-    post = lambda item: loop.call_soon_threadsafe(events.put_nowait, item)
+
+    def post(item):
+      if not loop.is_closed():  # else the server has stopped and nobody waits
+        loop.call_soon_threadsafe(events.put_nowait, item)
+
     seed = secrets.randbits(32) if req.seed is None else req.seed % 2**32
     rows = [p for p in prompts for _ in range(req.n)]
     job = engine_lib.Job(rows, settings, seed, on_done=lambda result: post(('done', result)),
@@ -428,7 +433,7 @@ def create_app(engine: engine_lib.Engine, *, model_name: str, api_key: str | Non
 
   @app.get('/', response_class=HTMLResponse, include_in_schema=False)
   async def index():
-    return page.replace('{{MODEL}}', model_name).replace(
+    return page.replace('{{MODEL}}', html.escape(model_name)).replace(
         '{{MAX_TOKENS}}', str(engine.gen_buckets[-1]))
 
   return app

@@ -76,6 +76,14 @@ class Job:
     return self.settings.sampler, self.settings.cfg_scale > 0
 
 
+def _hand_over(callback: Callable, *args) -> None:
+  """Calls a job's callback; one that fails (its client's loop gone) harms no other job."""
+  try:
+    callback(*args)
+  except Exception:  # pylint: disable=broad-except
+    logging.exception('a job callback failed')
+
+
 def _bucket(value: int, buckets) -> int | None:
   return next((b for b in buckets if b >= value), None)
 
@@ -199,11 +207,10 @@ class Engine:
   def submit(self, job: Job) -> None:
     """Queues a checked job; raises QueueFull when `max_queue` rows wait already."""
     with self._cond:
-      waiting = sum(len(j.prompts) for j in self._pending)
-      if waiting + len(job.prompts) > self.max_queue:
+      if self._waiting_rows() + len(job.prompts) > self.max_queue:
         raise QueueFull()
       self._pending.append(job)
-      self.metrics.queue_rows.set(waiting + len(job.prompts))
+      self.metrics.queue_rows.set(self._waiting_rows())
       self._cond.notify_all()
 
   def cancel(self, job: Job) -> None:
@@ -212,10 +219,11 @@ class Engine:
       job.cancelled = True
       if job in self._pending:
         self._pending.remove(job)
-        self._update_depth()
+        self.metrics.queue_rows.set(self._waiting_rows())
 
-  def _update_depth(self):
-    self.metrics.queue_rows.set(sum(len(j.prompts) for j in self._pending))
+  def _waiting_rows(self) -> int:
+    """Rows in the queue; the caller holds the lock."""
+    return sum(len(j.prompts) for j in self._pending)
 
   @contextlib.contextmanager
   def paused(self):
@@ -232,7 +240,7 @@ class Engine:
 
   def queued_rows(self) -> int:
     with self._cond:
-      return sum(len(j.prompts) for j in self._pending)
+      return self._waiting_rows()
 
   # ---- the worker
 
@@ -248,7 +256,7 @@ class Engine:
     with self._cond:
       self._stopped = True
       for job in self._pending:
-        job.on_done(RuntimeError('the server is shutting down.'))
+        _hand_over(job.on_done, RuntimeError('the server is shutting down.'))
       self._pending.clear()
       self._cond.notify_all()
     if self._thread:
@@ -274,7 +282,7 @@ class Engine:
           batch.append(job)
           rows += len(job.prompts)
           self._pending.remove(job)
-      self._update_depth()
+      self.metrics.queue_rows.set(self._waiting_rows())
       return batch
 
   def _work(self):
@@ -289,7 +297,7 @@ class Engine:
         results = [e] * len(batch)
       for job, result in zip(batch, results):
         if not job.cancelled:
-          job.on_done(result)
+          _hand_over(job.on_done, result)
 
   def _run(self, batch: list[Job]) -> list[list[Row]]:
     tok = self.tokenizer
@@ -358,6 +366,6 @@ class Engine:
         region = tokens_BxL[r:r + len(job.prompts), width:width + n]
         canvases = [generate.render(self.tokenizer, row, row != self.tokenizer.mask_id)
                     for row in region]
-        job.on_step(int(step), canvases, [int((row == self.tokenizer.mask_id).sum())
-                                          for row in region])
+        _hand_over(job.on_step, int(step), canvases,
+                   [int((row == self.tokenizer.mask_id).sum()) for row in region])
       r += len(job.prompts)
