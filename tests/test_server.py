@@ -274,6 +274,26 @@ def test_a_client_that_leaves_frees_its_slot(url, engine):
     wait_for(lambda: engine.queued_rows() == 0, timeout=10)
 
 
+def test_a_job_cancelled_while_the_worker_gathers_companions_never_runs(engine):
+  engine.start()  # idempotent: the app's startup may have started it already
+  ids = engine.tokenizer.encode('x = ')
+  settings = engine_lib.Settings(gen_length=8, steps=8, block_length=8)
+  done = {}
+  engine.batch_wait_s, wait = 1.0, engine.batch_wait_s
+  try:
+    first = engine_lib.Job([ids], settings, 0, on_done=lambda r: done.setdefault('first', r))
+    engine.submit(first)
+    time.sleep(0.2)  # the worker now waits up to 1 s for companions of `first`
+    engine.cancel(first)
+    engine.submit(engine_lib.Job([ids, ids], settings, 1,
+                                 on_done=lambda r: done.setdefault('second', r)))
+    wait_for(lambda: 'second' in done)
+  finally:
+    engine.batch_wait_s = wait
+  assert 'first' not in done
+  assert [row.finish_reason in ('stop', 'length') for row in done['second']] == [True, True]
+
+
 def test_a_request_over_its_time_is_503_and_leaves_the_queue(engine):
   with api.running(api.create_app(engine, model_name=MODEL, request_timeout_s=0.5)) as base:
     with engine.paused():

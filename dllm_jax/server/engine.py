@@ -264,16 +264,21 @@ class Engine:
 
   def _take_batch(self) -> list[Job] | None:
     with self._cond:
-      while not self._stopped and (self._paused or not self._pending):
-        self._cond.wait()
-      if self._stopped:
-        return None
-      first = self._pending[0]
-      deadline = first.enqueued + self.batch_wait_s
-      while (not self._stopped and not self._paused and time.monotonic() < deadline
-             and sum(len(j.prompts) for j in self._pending if j.key == first.key)
-             < self.max_batch):
-        self._cond.wait(max(0.0, deadline - time.monotonic()))
+      while True:
+        while not self._stopped and (self._paused or not self._pending):
+          self._cond.wait()
+        if self._stopped:
+          return None
+        first = self._pending[0]
+        deadline = first.enqueued + self.batch_wait_s
+        while (not self._stopped and not self._paused and time.monotonic() < deadline
+               and sum(len(j.prompts) for j in self._pending if j.key == first.key)
+               < self.max_batch):
+          self._cond.wait(max(0.0, deadline - time.monotonic()))
+        if self._stopped:
+          return None
+        if not self._paused and first in self._pending:
+          break  # else paused or cancelled meanwhile: start over
       bucket = lambda j: _bucket(j.settings.gen_length, self.gen_buckets)
       batch, rows = [], 0
       for job in list(self._pending):
