@@ -59,6 +59,11 @@ class Model:
       self.logits_fn = model_lib.make_logits_fn(graphdef)
     self.decode_fn = model_lib.make_decode_fn(graphdef) if self.config.causal else None
 
+  def placed(self):
+    """The context to run the model's computations in: its mesh and rules, if any."""
+    return (sharding.use_mesh(self.mesh, self.rules) if self.mesh
+            else contextlib.nullcontext())
+
 
 @dataclasses.dataclass
 class Completion:
@@ -163,14 +168,12 @@ def generate_ids(model: Model, encoded: list[np.ndarray], *, gen_length: int = 1
   for row, ids in enumerate(encoded):
     canvas[row, prompt_len - len(ids):] = ids
     attention_mask[row, prompt_len - len(ids):] = True
-  placed = (sharding.use_mesh(model.mesh, model.rules) if model.mesh
-            else contextlib.nullcontext())
   if model.config.causal:
     cfg = autoregressive.DecodeConfig(
         mask_id=tok.mask_id, vocab_size=tok.vocab_size, eos_id=tok.eos_id,
         gen_length=gen_length, temperature=temperature, top_k=top_k, top_p=top_p,
         forbid_eos=forbid_eos)
-    with placed:
+    with model.placed():
       generated = _decode(model.decode_fn, model.config, model.params, canvas, attention_mask,
                           jax.random.key(seed), cfg)
     tokens = np.concatenate([canvas, jax.device_get(generated)], axis=1)
@@ -186,7 +189,7 @@ def generate_ids(model: Model, encoded: list[np.ndarray], *, gen_length: int = 1
     full = np.concatenate([canvas, np.full((len(encoded), gen_length), tok.mask_id, np.int32)],
                           axis=1)
     mask = np.concatenate([attention_mask, np.ones((len(encoded), gen_length), bool)], axis=1)
-    with placed:
+    with model.placed():
       out = _sample(model.logits_fn, model.params, full, jax.random.key(seed), cfg, prompt_len,
                     None if mask.all() else mask)
     tokens, commits = jax.device_get(out)

@@ -432,3 +432,20 @@ def test_serve_builds_from_a_checkpoint_trained_here(tiny_config, tmp_path):
       assert metric(base, 'dllm_compilations_total') == 1
   finally:
     eng.stop()
+
+
+def test_a_model_sharded_over_a_mesh_serves_the_same_answers(engine, url):
+  """The engine runs its calls in the model's mesh: a (data 2, fsdp 2, tensor 2) placement
+  answers as the single-device one does."""
+  model = generate.load(hf_dir=os.path.dirname(engine.model.tokenizer_path), dtype='float32',
+                        mesh_shape=(2, 2, 2))
+  sharded = engine_lib.Engine(model, max_batch=2, prompt_buckets=(32,), gen_buckets=(8,))
+  sharded.warm_up(lambda message: None)
+  try:
+    with api.running(api.create_app(sharded, model_name=MODEL)) as base:
+      for seed in (0, 1):
+        got = complete(base, seed=seed, temperature=0.9, n=2)[2]['choices']
+        want = complete(url, seed=seed, temperature=0.9, n=2)[2]['choices']
+        assert [c['text'] for c in got] == [c['text'] for c in want]
+  finally:
+    sharded.stop()

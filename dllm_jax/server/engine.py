@@ -25,7 +25,6 @@ import prometheus_client as prom
 
 from dllm_jax import generate
 from dllm_jax import sampling
-from dllm_jax import sharding
 from dllm_jax.config import SAMPLERS
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -133,7 +132,7 @@ class Engine:
     self._pending: list[Job] = []
     self._cond = threading.Condition()
     self._paused = False
-    self._running = None  # (jobs, row offsets, prompt width) of the call in progress
+    self._running = None  # (jobs, prompt width) of the call in progress
     self._thread = None
     self._stopped = False
 
@@ -151,7 +150,7 @@ class Engine:
                    static_argnames=('guided', 'most_per_step', 'on_step'))
       canvas = jnp.zeros((rows, width + gen), jnp.int32)
       settings = sampling.row_settings(self._vocab, rows, gen)
-      with self._placed():
+      with self.model.placed():
         self._compiled[shape] = fn.lower(
             self.model.logits_fn, self.model.params, canvas, jax.random.split(
                 jax.random.key(0), rows), settings, jnp.int32(0), self._vocab, width,
@@ -168,11 +167,6 @@ class Engine:
       self._executable(*shape)
       log(f'compiled {i + 1}/{len(shapes)}: rows, prompt, gen, guided = {shape}')
     log(f'warm-up: {len(shapes)} shapes in {time.perf_counter() - start:.1f}s')
-
-  def _placed(self):
-    model = self.model
-    return (sharding.use_mesh(model.mesh, model.rules) if model.mesh
-            else contextlib.nullcontext())
 
   # ---- the queue
 
@@ -335,7 +329,7 @@ class Engine:
     executable = self._executable(rows, width, gen, guided)
     self._running = (batch, width)
     start = time.perf_counter()
-    with self._placed():
+    with self.model.placed():
       out = executable(self.model.params, jnp.asarray(canvas), keys, settings,
                        jnp.int32(SAMPLERS.index(batch[0].settings.sampler)),
                        jnp.asarray(valid), report=jnp.bool_(streaming))
