@@ -8,8 +8,10 @@ stderr is a terminal.
 import json
 import os
 import sys
+import time
 
 import jax
+import jax.numpy as jnp
 from absl import logging
 
 # Peak dense bfloat16 FLOP/s per device, matched against `device.device_kind` by prefix.
@@ -34,6 +36,19 @@ def peak_flops_per_device(override: float = 0.0, device=None) -> float | None:
     return float(override)
   kind = (device or jax.devices()[0]).device_kind
   return next((peak for prefix, peak in PEAK_FLOPS if kind.startswith(prefix)), None)
+
+
+def measured_matmul_flops(n: int = 2048, repeats: int = 10) -> float:
+  """Best float32 matmul FLOP/s of the first device: a practical peak for CPUs."""
+  a = jax.device_put(jnp.ones((n, n), jnp.float32), jax.devices()[0])
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    f(a).block_until_ready()
+    times.append(time.perf_counter() - start)
+  return 2 * n**3 / min(times)
 
 
 def device_memory_in_use() -> int | None:

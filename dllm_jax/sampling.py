@@ -144,12 +144,22 @@ def process_logits(logits_BxLxV: Array, cfg: SamplerConfig) -> Array:
   return filter_logits(logits_BxLxV, cfg, row_settings(cfg, logits_BxLxV.shape[0], 1))
 
 
+def argmax(x: Array) -> Array:
+  """`jnp.argmax` over the last axis (the first index of the maximum; a NaN counts as the
+  maximum), as int32. Written as a max and a min because XLA's CPU backend runs argmax's
+  two-operand reduction 4-5x slower: at 16 x 144 x 264 logits, 1.2 ms against 0.27 ms."""
+  top = jnp.max(x, axis=-1, keepdims=True)
+  is_top = (x == top) | jnp.isnan(x)
+  ids = jnp.arange(x.shape[-1], dtype=jnp.int32)
+  return jnp.min(jnp.where(is_top, ids, x.shape[-1]), axis=-1)
+
+
 def draw(key: Array, logits_BxLxV: Array, temperature: float) -> Array:
   """Gumbel-max draw in float32 log space; temperature 0 is the argmax."""
   if temperature == 0:
-    return jnp.argmax(logits_BxLxV, axis=-1).astype(jnp.int32)
+    return argmax(logits_BxLxV)
   gumbel = jax.random.gumbel(key, logits_BxLxV.shape, jnp.float32)
-  return jnp.argmax(logits_BxLxV / temperature + gumbel, axis=-1).astype(jnp.int32)
+  return argmax(logits_BxLxV / temperature + gumbel)
 
 
 def draw_rows(keys_B: Array, logits_BxLxV: Array, temperature_B: Array) -> Array:
@@ -161,7 +171,7 @@ def draw_rows(keys_B: Array, logits_BxLxV: Array, temperature_B: Array) -> Array
     return jnp.where(t > 0, logits / jnp.where(t > 0, t, 1.0) + gumbel, logits)
 
   scores = jax.lax.cond(jnp.any(temperature_B > 0), noisy, lambda x: x, logits_BxLxV)
-  return jnp.argmax(scores, axis=-1).astype(jnp.int32)
+  return argmax(scores)
 
 
 def confidence(keys_B: Array, logits_BxLxV: Array, x0_BxL: Array, kind: str) -> Array:

@@ -1,4 +1,5 @@
-"""python -m dllm_jax.benchmark: every task at a tiny size, and the reversal data's guarantees."""
+"""python -m dllm_jax.benchmark: every task at a tiny size, and the reversal data's guarantees;
+the sampling and training speed benchmarks."""
 
 import json
 import os
@@ -6,11 +7,14 @@ import subprocess
 import sys
 import types
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from conftest import REPO
 from dllm_jax import benchmark
-from dllm_jax.benchmarks import reversal
+from dllm_jax.benchmarks import reversal, sample_speed
 
 
 def flags_for(**overrides):
@@ -76,3 +80,46 @@ def test_unknown_model_is_a_clear_error(tmp_path):
                         env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert proc.returncode == 1
   assert proc.stderr.strip().splitlines()[-1].startswith('error: --models: dllm, gpt')
+
+
+def test_sample_speed_loop_and_sampler_agree_over_blocks_and_rows(tiny_config):
+  # benchmark() raises if the per-step loop and the jitted sampler differ in any token.
+  row = sample_speed.benchmark(tiny_config, batch_size=3, gen_length=16, steps=8,
+                               block_length=4, prompt_len=5, repeats=1, peak_flops=1e12)
+  assert row['canvas_length'] == 21
+  assert row['speedup_bound'] == pytest.approx(row['loop_s'] / row['forwards_s'])
+  assert row['roofline_step_s'] == pytest.approx(2 * row['params_millions'] * 1e6 * 3 * 21
+                                                 / 1e12)
+
+
+def test_forward_passes_makes_every_pass_and_nothing_else():
+  calls = []
+
+  def forward(params, x):
+    calls.append(1)
+    return jax.nn.one_hot(x + params, 7)
+
+  canvas = jnp.array([[0, 4, 4], [2, 4, 4]])
+  out = sample_speed.forward_passes(forward, 1, canvas, 3)
+  assert len(calls) == 1  # traced once, run in a compiled loop
+  np.testing.assert_array_equal(out, [[3, 4, 4], [5, 4, 4]])  # three passes, chained
+
+
+def test_interleaved_medians_runs_every_method_once_per_round():
+  order = []
+  methods = {name: (lambda name=name: order.append(name) or jnp.zeros(())) for name in 'ab'}
+  seconds = sample_speed.interleaved_medians(methods, repeats=3)
+  assert order == ['a', 'b'] * 4  # a warm-up round, then three timed ones
+  assert set(seconds) == {'a', 'b'} and all(t >= 0 for t in seconds.values())
+
+
+def test_train_speed_reports_mfu_against_a_measured_cpu_peak():
+  proc = subprocess.run([sys.executable, '-m', 'dllm_jax.benchmarks.train_speed',
+                         '--config=configs/llada_small.py:tiny', '--steps=2', '--warmup=1'],
+                        cwd=REPO, capture_output=True, text=True, timeout=300,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 0, proc.stderr
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out['peak_source'] == 'measured f32 matmul'
+  assert 0 < out['mfu'] < 1 and out['tokens_per_sec'] > 0
+  assert out['params_millions'] == pytest.approx(0.108, abs=0.01)

@@ -330,3 +330,16 @@ def test_rows_with_their_own_settings_sample_as_they_would_alone(tiny):
       assert not np.any(np.asarray(alone.tokens) == MASK)
       # A row stops changing after its own steps, whatever the batch's longest row needs.
       assert int(together.commit_step[row, 5:5 + n].max()) < rows[row]['steps']
+
+
+def test_argmax_matches_jnp_argmax_on_ties_infinities_and_nans():
+  x = np.random.default_rng(0).integers(0, 3, (64, 9)).astype(np.float32)  # many ties
+  x[1] = -np.inf
+  x[2, 4] = np.inf
+  x[3, [2, 6]] = np.nan  # jnp.argmax takes the first NaN as the maximum
+  x[4] = np.nan
+  x[5, 0] = -np.inf
+  for fn in (sampling.argmax, jax.jit(sampling.argmax)):
+    out = fn(jnp.asarray(x))
+    assert out.dtype == jnp.int32
+    np.testing.assert_array_equal(out, jnp.argmax(jnp.asarray(x), axis=-1))

@@ -4,16 +4,22 @@ r"""Sampling speed: the jitted `lax.scan` sampler against a per-step Python loop
 
 For batch 1 and 16, generates --gen_length tokens in --steps steps (low-confidence
 remasking, temperature 0, blocks of --block_length) after a short prompt, with randomly
-initialised weights of the config's model (speed does not depend on the weights), two ways
-in the same process:
+initialised weights of the config's model (speed does not depend on the weights), three ways
+in the same process, timed in interleaved rounds (one run of each per round):
 
 - `jitted`: `sampling.sample` compiled once; the whole denoising loop is one XLA program.
 - `loop`: how the reference PyTorch implementations run: a Python loop that calls a jitted
   forward pass once per step and does the remasking with eager array ops in between
   (argmax, softmax, gather, a top-k per row), as `generate()` in LLaDA's repository does.
+- `forwards`: the same number of forward passes in one compiled loop with no remasking
+  at all. No sampler that makes these forward passes can take less, so `loop_s /
+  forwards_s` bounds the speedup any of them could reach over the loop on this machine.
 
-Both produce the same tokens (checked). Prints one JSON line per batch size: tokens/s of
-each and their ratio (median of --repeats runs after a warm-up run; compile time excluded).
+`jitted` and `loop` produce the same tokens (checked). Prints one JSON line per batch size:
+tokens/s, the speedup and its bound (medians over --repeats rounds after a warm-up; compile
+time excluded), and the per-step latency against the compute roofline, 2 x parameters x
+canvas tokens FLOPs per step at the device's peak (`metrics.PEAK_FLOPS`; on a CPU, this
+machine's measured float32 matmul throughput).
 """
 
 import json
@@ -27,6 +33,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from dllm_jax import data as data_lib
+from dllm_jax import metrics as metrics_lib
 from dllm_jax import model as model_lib
 from dllm_jax import sampling
 from dllm_jax import train
@@ -37,7 +44,7 @@ _STEPS = flags.DEFINE_integer('steps', 128, 'Denoising steps.')
 _BLOCK_LENGTH = flags.DEFINE_integer('block_length', 32, 'Semi-autoregressive block length.')
 _PROMPT_LEN = flags.DEFINE_integer('prompt_len', 16, 'Prompt tokens.')
 _BATCHES = flags.DEFINE_list('batch_sizes', ['1', '16'], 'Batch sizes to time.')
-_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed runs per method.')
+_REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed rounds (one run of each method each).')
 
 
 def loop_sample(forward, params, canvas, cfg: sampling.SamplerConfig, prompt_len: int):
@@ -46,6 +53,7 @@ def loop_sample(forward, params, canvas, cfg: sampling.SamplerConfig, prompt_len
   gen_length = x.shape[1] - prompt_len
   num_blocks = gen_length // cfg.block_length
   steps_per_block = cfg.steps // num_blocks
+  argmax = jax.jit(sampling.argmax)  # the same kernel as the sampler's, in one call
   allowed = sampling.diffusion.predictable(forward(params, x).shape[-1], cfg.mask_id,
                                            cfg.vocab_size)
   for b in range(num_blocks):
@@ -55,7 +63,7 @@ def loop_sample(forward, params, canvas, cfg: sampling.SamplerConfig, prompt_len
                 + (np.arange(steps_per_block)[None, :] < block_masks[:, None] % steps_per_block))
     for j in range(steps_per_block):
       logits = jnp.where(allowed, forward(params, x), -jnp.inf)
-      x0 = jnp.argmax(logits, axis=-1)
+      x0 = argmax(logits)
       p = jax.nn.softmax(logits, axis=-1)
       conf = jnp.take_along_axis(p, x0[..., None], axis=-1)[..., 0]
       masked = x == cfg.mask_id
@@ -69,18 +77,34 @@ def loop_sample(forward, params, canvas, cfg: sampling.SamplerConfig, prompt_len
   return x
 
 
-def _median_time(fn, repeats):
-  jax.block_until_ready(fn())  # warm-up: compiles
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
+def forward_passes(forward, params, canvas, steps: int):
+  """`steps` forward passes in one compiled loop; each feeds one argmax back into the
+  canvas, so no pass can be skipped or hoisted, and nothing else is done."""
+
+  def body(_, x):
+    logits = forward(params, x)
+    return x.at[:, 0].set(jnp.argmax(logits[:, 0], axis=-1).astype(x.dtype))
+
+  return jax.lax.fori_loop(0, steps, body, canvas)
+
+
+def interleaved_medians(methods: dict, repeats: int) -> dict:
+  """Median seconds of each zero-argument method over `repeats` rounds that run every
+  method once, after a warm-up (compile) round: drifts of the machine hit all alike."""
+  for fn in methods.values():
     jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  times = {name: [] for name in methods}
+  for _ in range(repeats):
+    for name, fn in methods.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
 
 
 def benchmark(config, batch_size: int, gen_length: int, steps: int, block_length: int,
-              prompt_len: int, repeats: int) -> dict:
+              prompt_len: int, repeats: int, peak_flops: float | None = None) -> dict:
+  """One JSON-able row; `peak_flops` defaults to the device's (see the module docstring)."""
   tokenizer = data_lib.make_tokenizer(config.data.tokenizer)
   model_config = model_lib.ModelConfig.from_config(config.model,
                                                    train.vocab_size_for(config, tokenizer))
@@ -92,26 +116,41 @@ def benchmark(config, batch_size: int, gen_length: int, steps: int, block_length
   canvas = np.concatenate([prompt, np.full((batch_size, gen_length), tokenizer.mask_id)], 1)
   canvas = jnp.asarray(canvas, jnp.int32)
   jitted = jax.jit(sampling.sample, static_argnums=(0, 4, 5))
-  run_jitted = lambda: jitted(logits_fn, params, canvas, jax.random.key(0), cfg,
-                              prompt_len).tokens
   forward = jax.jit(lambda p, x: logits_fn(p, x))
-  run_loop = lambda: loop_sample(forward, params, canvas, cfg, prompt_len)
-  if not np.array_equal(run_jitted(), run_loop()):
+  forwards = jax.jit(forward_passes, static_argnums=(0, 3))
+  methods = {
+      'jitted': lambda: jitted(logits_fn, params, canvas, jax.random.key(0), cfg,
+                               prompt_len).tokens,
+      'loop': lambda: loop_sample(forward, params, canvas, cfg, prompt_len),
+      'forwards': lambda: forwards(logits_fn, params, canvas, steps),
+  }
+  if not np.array_equal(methods['jitted'](), methods['loop']()):
     raise AssertionError('the jitted sampler and the loop disagree')
-  t_jit, t_loop = _median_time(run_jitted, repeats), _median_time(run_loop, repeats)
+  seconds = interleaved_medians(methods, repeats)
+  peak = peak_flops or metrics_lib.peak_flops_per_device() or metrics_lib.measured_matmul_flops()
+  roofline_step_s = 2 * model_config.num_params() * canvas.size / peak
   tokens = batch_size * gen_length
   return {'params_millions': model_config.num_params() / 1e6, 'batch_size': batch_size,
           'gen_length': gen_length, 'steps': steps, 'block_length': block_length,
-          'device': f'{jax.devices()[0].device_kind}', 'jitted_s': t_jit, 'loop_s': t_loop,
-          'jitted_tokens_per_sec': tokens / t_jit, 'loop_tokens_per_sec': tokens / t_loop,
-          'speedup': t_loop / t_jit}
+          'canvas_length': canvas.shape[1], 'dtype': model_config.dtype,
+          'device': jax.devices()[0].device_kind,
+          **{f'{name}_s': t for name, t in seconds.items()},
+          'jitted_tokens_per_sec': tokens / seconds['jitted'],
+          'loop_tokens_per_sec': tokens / seconds['loop'],
+          'speedup': seconds['loop'] / seconds['jitted'],
+          'speedup_bound': seconds['loop'] / seconds['forwards'],
+          'step_latency_s': seconds['jitted'] / steps,
+          'forward_latency_s': seconds['forwards'] / steps,
+          'roofline_step_s': roofline_step_s, 'peak_tflops': peak / 1e12,
+          'step_latency_over_roofline': seconds['jitted'] / steps / roofline_step_s}
 
 
 def main(argv):
   del argv
   for batch_size in _BATCHES.value:
     print(json.dumps(benchmark(_CONFIG.value, int(batch_size), _GEN_LENGTH.value, _STEPS.value,
-                               _BLOCK_LENGTH.value, _PROMPT_LEN.value, _REPEATS.value)))
+                               _BLOCK_LENGTH.value, _PROMPT_LEN.value, _REPEATS.value)),
+          flush=True)
 
 
 if __name__ == '__main__':

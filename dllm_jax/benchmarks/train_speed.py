@@ -15,7 +15,6 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
@@ -29,19 +28,6 @@ from dllm_jax import train
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps.')
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
-
-
-def measured_matmul_flops(n: int = 2048, repeats: int = 10) -> float:
-  """Best float32 matmul FLOP/s of the first device: a practical peak for CPUs."""
-  a = jax.device_put(jnp.ones((n, n), jnp.float32), jax.devices()[0])
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    f(a).block_until_ready()
-    times.append(time.perf_counter() - start)
-  return 2 * n**3 / min(times)
 
 
 def benchmark(config, steps: int, warmup: int) -> dict:
@@ -72,7 +58,7 @@ def benchmark(config, steps: int, warmup: int) -> dict:
   step_s = statistics.median(times)
   peak = metrics_lib.peak_flops_per_device(config.train.peak_flops_per_device)
   peak_source = 'table' if peak else 'measured f32 matmul'
-  peak = peak or measured_matmul_flops()
+  peak = peak or metrics_lib.measured_matmul_flops()
   out = metrics_lib.throughput(1, step_s, batch_size * seq_len,
                                exp.model_config.flops_per_token(seq_len), peak,
                                jax.device_count())
