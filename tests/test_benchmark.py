@@ -86,7 +86,7 @@ def test_sample_speed_loop_and_sampler_agree_over_blocks_and_rows(tiny_config):
   # benchmark() raises if the per-step loop and the jitted sampler differ in any token.
   row = sample_speed.benchmark(tiny_config, batch_size=3, gen_length=16, steps=8,
                                block_length=4, prompt_len=5, repeats=1, peak_flops=1e12)
-  assert row['canvas_length'] == 21
+  assert row['canvas_length'] == 21 and row['token_agreement'] == 1.0
   assert row['speedup_bound'] == pytest.approx(row['loop_s'] / row['forwards_s'])
   assert row['roofline_step_s'] == pytest.approx(2 * row['params_millions'] * 1e6 * 3 * 21
                                                  / 1e12)

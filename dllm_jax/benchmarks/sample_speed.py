@@ -15,7 +15,10 @@ in the same process, timed in interleaved rounds (one run of each per round):
   at all. No sampler that makes these forward passes can take less, so `loop_s /
   forwards_s` bounds the speedup any of them could reach over the loop on this machine.
 
-`jitted` and `loop` produce the same tokens (checked). Prints one JSON line per batch size:
+`jitted` and `loop` run the same algorithm: in float32 on a CPU they must produce the same
+tokens (checked); elsewhere (bfloat16, GPU kernels) the forward inside the compiled loop may
+round differently from the standalone one and flip near-ties of random weights, so the
+fraction of agreeing tokens is reported instead. Prints one JSON line per batch size:
 tokens/s, the speedup and its bound (medians over --repeats rounds after a warm-up; compile
 time excluded), and the per-step latency against the compute roofline, 2 x parameters x
 canvas tokens FLOPs per step at the device's peak (`metrics.PEAK_FLOPS`; on a CPU, this
@@ -124,8 +127,10 @@ def benchmark(config, batch_size: int, gen_length: int, steps: int, block_length
       'loop': lambda: loop_sample(forward, params, canvas, cfg, prompt_len),
       'forwards': lambda: forwards(logits_fn, params, canvas, steps),
   }
-  if not np.array_equal(methods['jitted'](), methods['loop']()):
-    raise AssertionError('the jitted sampler and the loop disagree')
+  agreement = float(np.mean(np.asarray(methods['jitted']()) == np.asarray(methods['loop']())))
+  if agreement < 1 and model_config.dtype == 'float32' and jax.default_backend() == 'cpu':
+    raise AssertionError(f'the jitted sampler and the loop disagree on {1 - agreement:.1%} '
+                         'of the tokens')
   seconds = interleaved_medians(methods, repeats)
   peak = peak_flops or metrics_lib.peak_flops_per_device() or metrics_lib.measured_matmul_flops()
   roofline_step_s = 2 * model_config.num_params() * canvas.size / peak
@@ -133,7 +138,7 @@ def benchmark(config, batch_size: int, gen_length: int, steps: int, block_length
   return {'params_millions': model_config.num_params() / 1e6, 'batch_size': batch_size,
           'gen_length': gen_length, 'steps': steps, 'block_length': block_length,
           'canvas_length': canvas.shape[1], 'dtype': model_config.dtype,
-          'device': jax.devices()[0].device_kind,
+          'device': jax.devices()[0].device_kind, 'token_agreement': agreement,
           **{f'{name}_s': t for name, t in seconds.items()},
           'jitted_tokens_per_sec': tokens / seconds['jitted'],
           'loop_tokens_per_sec': tokens / seconds['loop'],
