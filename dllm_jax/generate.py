@@ -10,12 +10,18 @@ Python (notebooks):
 
   model = generate.load(workdir='/tmp/llada_small')
   completions = generate.generate(model, ['def fibonacci(n):'], gen_length=64, steps=64)
+
+Infilling: --infill (or `generate.infill`) takes text with masks, `[MASK]` for one masked
+token and `[MASK:N]` for N, fills them and keeps every given token:
+
+  python -m dllm_jax.generate --workdir=DIR --infill=$'def f(x):\n    [MASK:20]\n    return y'
 """
 
 import contextlib
 import dataclasses
 import functools
 import os
+import re
 import sys
 from typing import Any
 
@@ -34,6 +40,8 @@ from dllm_jax.config import MESH_AXES, SAMPLERS, ConfigError, base_config
 from dllm_jax.data import make_tokenizer
 
 MASK_GLYPH = '\u00b7'  # how a still-masked position looks in --show_steps
+# In an infilling text, `[MASK]` is one masked token and `[MASK:N]` is N of them.
+MASK_MARKER = re.compile(r'\[MASK(?::(\d+))?\]')
 
 # One compiled sampler per (network, settings, prompt length, shape).
 _sample = jax.jit(sampling.sample, static_argnums=(0, 4, 5))
@@ -202,6 +210,54 @@ def generate_ids(model: Model, encoded: list[np.ndarray], *, gen_length: int = 1
   return completions
 
 
+def infill_canvas(tokenizer, text: str) -> np.ndarray:
+  """The ids of `text` with each `[MASK]` as one mask id and each `[MASK:N]` as N; the text
+  between markers is tokenized piece by piece."""
+  pieces, start, masks = [], 0, 0
+  for marker in MASK_MARKER.finditer(text):
+    count = int(marker.group(1) or 1)
+    if count < 1:
+      raise sampling.SamplingError(f'infill: {marker.group(0)} asks for no masks; use N >= 1.')
+    pieces += [tokenizer.encode(text[start:marker.start()]), np.full(count, tokenizer.mask_id)]
+    start, masks = marker.end(), masks + count
+  if not masks:
+    raise sampling.SamplingError('infill: the text has no [MASK] or [MASK:N] marker to fill.')
+  pieces.append(tokenizer.encode(text[start:]))
+  return np.concatenate(pieces).astype(np.int32)
+
+
+def infill(model: Model, text: str, *, num_samples: int = 1, steps: int = 0,
+           sampler: str = 'low_confidence', temperature: float = 0.0, top_k: int = 0,
+           top_p: float = 1.0, cfg_scale: float = 0.0, forbid_eos: bool = False, seed: int = 0,
+           time_grid: str = 'uniform') -> list[Completion]:
+  """`num_samples` fillings of the masks in `text` (see `infill_canvas`) in `steps` model
+  calls (0: one per mask); every given token stays. The masks form one block, so the
+  confidence samplers commit their surest positions first wherever they are. Each
+  Completion holds the whole canvas; an EOS filled into a mask is left out of its text."""
+  if model.config.causal:
+    raise sampling.SamplingError('infill: needs a diffusion model; this one is causal '
+                                 '(autoregressive).')
+  if num_samples < 1:
+    raise sampling.SamplingError(f'num_samples: must be >= 1, got {num_samples}.')
+  tok = model.tokenizer
+  canvas = infill_canvas(tok, text)
+  if len(canvas) > model.config.max_seq_len:
+    raise sampling.SamplingError(
+        f'infill: the canvas ({len(canvas)} tokens) exceeds the model\'s context of '
+        f'{model.config.max_seq_len} tokens (model.max_seq_len).')
+  cfg = sampling.SamplerConfig(
+      mask_id=tok.mask_id, vocab_size=tok.vocab_size, eos_id=tok.eos_id, sampler=sampler,
+      steps=steps or int(np.sum(canvas == tok.mask_id)), temperature=temperature, top_k=top_k,
+      top_p=top_p, cfg_scale=cfg_scale, forbid_eos=forbid_eos, time_grid=time_grid,
+      schedule=model.diffusion_schedule)
+  sampling.validate(cfg, len(canvas), 0)
+  with model.placed():
+    out = _sample(model.logits_fn, model.params, np.tile(canvas, (num_samples, 1)),
+                  jax.random.key(seed), cfg, 0)
+  tokens, commits = jax.device_get(out)
+  return [Completion(tok.decode(t), t, c) for t, c in zip(tokens, commits)]
+
+
 def parse_mesh(spec: str) -> tuple[int, int, int] | None:
   """'1x4x2' -> (1, 4, 2); '' -> None."""
   if not spec:
@@ -243,6 +299,8 @@ def define_flags():
   flags.DEFINE_string('checkpoint', None, 'A converted model or run directory, a checkpoints '
                       'directory (its latest step) or a step directory.')
   flags.DEFINE_string('prompt', '', 'The text to continue.')
+  flags.DEFINE_string('infill', '', 'Instead of --prompt: text whose [MASK] (one token) and '
+                      '[MASK:N] (N tokens) markers are filled; --steps defaults to one per mask.')
   flags.DEFINE_integer('gen_length', 128, 'Tokens to generate.')
   flags.DEFINE_integer('steps', 64, 'Denoising steps (model calls).')
   flags.DEFINE_integer('block_length', 32, 'Semi-autoregressive block length (must divide '
@@ -266,23 +324,31 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   cli.quiet_library_logs()
   f = flags.FLAGS
+  settings = dict(sampler=f.sampler, temperature=f.temperature, top_k=f.top_k, top_p=f.top_p,
+                  cfg_scale=f.cfg_scale, forbid_eos=f.forbid_eos, seed=f.seed)
   try:
     if f.num_samples < 1:
       raise sampling.SamplingError(f'num_samples: must be >= 1, got {f.num_samples}.')
+    if f.infill and f.prompt:
+      raise sampling.SamplingError('give --prompt (to continue) or --infill (to fill), not both.')
     model = load(f.workdir, f.checkpoint, f.use_ema, mesh_shape=parse_mesh(f.mesh))
-    completions = generate(
-        model, [f.prompt] * f.num_samples, gen_length=f.gen_length, steps=f.steps,
-        block_length=f.block_length, sampler=f.sampler, temperature=f.temperature,
-        top_k=f.top_k, top_p=f.top_p, cfg_scale=f.cfg_scale, forbid_eos=f.forbid_eos,
-        seed=f.seed)
+    if f.infill:
+      steps = f.steps if f['steps'].present else 0  # 0: one per mask
+      completions = infill(model, f.infill, num_samples=f.num_samples, steps=steps, **settings)
+      steps = steps or int(np.sum(completions[0].commit_step >= 0))
+    else:
+      completions = generate(model, [f.prompt] * f.num_samples, gen_length=f.gen_length,
+                             steps=f.steps, block_length=f.block_length, **settings)
+      steps = f.steps
   except (sampling.SamplingError, ckpt_lib.CheckpointError, ConfigError,
           FileNotFoundError) as e:
     sys.exit(f'error: {e}')
+  shown = '' if f.infill else f.prompt  # a completion holds the generation, a filling all
   if f.show_steps:
-    for step, frame in enumerate(denoising_frames(model.tokenizer, completions[0], f.steps)):
-      print(f'--- step {step + 1}/{f.steps}\n{f.prompt}{frame}')
+    for step, frame in enumerate(denoising_frames(model.tokenizer, completions[0], steps)):
+      print(f'--- step {step + 1}/{steps}\n{shown}{frame}')
   for i, completion in enumerate(completions):
-    print(f'=== sample {i} (checkpoint step {model.step})\n{f.prompt}{completion.text}')
+    print(f'=== sample {i} (checkpoint step {model.step})\n{shown}{completion.text}')
 
 
 if __name__ == '__main__':

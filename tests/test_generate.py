@@ -1,5 +1,6 @@
 """dllm_jax.generate (Python and CLI) and --config.mode=eval on a freshly trained checkpoint."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -107,6 +108,59 @@ def test_cli_bad_settings_are_one_line_errors(trained, args, message):
   assert proc.returncode == 1
   assert proc.stderr.strip().splitlines()[-1].startswith(f'error: {message}'), proc.stderr[-2000:]
   assert 'Traceback' not in proc.stderr
+
+
+def test_infill_canvas_reads_mask_markers():
+  tok = generate.make_tokenizer('bytes')
+  np.testing.assert_array_equal(generate.infill_canvas(tok, 'ab[MASK]c[MASK:3]'),
+                                [97, 98, 259, 99, 259, 259, 259])
+  with pytest.raises(sampling.SamplingError, match='no .MASK. or .MASK:N. marker'):
+    generate.infill_canvas(tok, 'no masks [MASK:x]')
+  with pytest.raises(sampling.SamplingError, match='asks for no masks'):
+    generate.infill_canvas(tok, 'x[MASK:0]')
+
+
+def test_infill_keeps_the_given_text_and_fills_every_mask(trained):
+  model = generate.load(workdir=trained[0])
+  text = 'def f(x):\n    [MASK:12]\n    return y'
+  canvas = generate.infill_canvas(model.tokenizer, text)
+  given = canvas != model.tokenizer.mask_id
+  out = generate.infill(model, text, num_samples=2, temperature=0.8, seed=1)
+  assert len(out) == 2
+  for filled in out:
+    np.testing.assert_array_equal(filled.tokens[given], canvas[given])
+    assert not np.any(filled.tokens == model.tokenizer.mask_id)
+    assert np.all(filled.commit_step[given] == -1)
+    # One block of 12 masks in 12 steps (the default, one per mask): one commit per step.
+    assert sorted(filled.commit_step[~given].tolist()) == list(range(12))
+    assert filled.text.startswith('def f(x):\n    ') and filled.text.endswith('\n    return y')
+  assert not np.array_equal(out[0].tokens, out[1].tokens)  # two samples, not one twice
+
+
+def test_infill_bad_inputs_are_clear_errors(trained):
+  model = generate.load(workdir=trained[0])
+  with pytest.raises(sampling.SamplingError, match='canvas .* exceeds the model.s context'):
+    generate.infill(model, 'x' * model.config.max_seq_len + '[MASK]')
+  with pytest.raises(sampling.SamplingError, match='num_samples: must be >= 1'):
+    generate.infill(model, '[MASK]', num_samples=0)
+  causal = dataclasses.replace(model, config=dataclasses.replace(model.config, causal=True))
+  with pytest.raises(sampling.SamplingError, match='needs a diffusion model'):
+    generate.infill(causal, 'a[MASK]b')
+
+
+def test_cli_infills_and_shows_each_step(trained):
+  proc = run_cli('dllm_jax.generate', f'--workdir={trained[0]}', '--infill=ab[MASK:6]cd',
+                 '--show_steps')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.count('=== sample') == 1 and proc.stdout.count('--- step') == 6
+  frames = [block.split('\n', 1)[1] for block in proc.stdout.split('--- step ')[1:]]
+  for step, frame in enumerate(frames, 1):  # the whole canvas, masks left after each step
+    assert frame.startswith('ab') and frame.count(generate.MASK_GLYPH) == 6 - step, frame
+  for args, message in [(['--infill=ab[MASK]', '--prompt=x'], 'give --prompt'),
+                        (['--infill=no marker'], 'infill: the text has no')]:
+    proc = run_cli('dllm_jax.generate', f'--workdir={trained[0]}', *args)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(f'error: {message}'), proc.stderr
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
