@@ -129,6 +129,23 @@ def test_a_seeded_request_answers_the_same_alone_and_batched(url, engine):
   assert (after[0] - before[0], after[1] - before[1]) == (1, 3)
 
 
+def test_a_suffix_is_filled_up_to_as_generate_infill_fills_it(url, engine):
+  prompt, suffix = 'def f(x):\n    return ', '\nf(2)'
+  status, _, body = complete(url, prompt=prompt, suffix=suffix, max_tokens=8, steps=8,
+                             block_length=8, temperature=0.0)
+  assert status == 200, body
+  tok = engine.tokenizer
+  # The same canvas, sampled alone: prompt, 8 masks in one block, then the suffix.
+  filled = generate.infill(engine.model, f'{prompt}[MASK:8]{suffix}', temperature=0.0)[0]
+  gap = filled.tokens[len(tok.encode(prompt)):][:8]
+  stop = [i for i, t in enumerate(gap) if t in tok.stop_ids]
+  assert body['choices'][0]['text'] == tok.decode(gap[:stop[0]] if stop else gap)
+  assert body['usage']['prompt_tokens'] == len(tok.encode(prompt)) + len(tok.encode(suffix))
+  status, _, body = complete(url, suffix='x' * 200, max_tokens=8)
+  assert status == 400 and body['error']['param'] == 'suffix', body
+  assert 'must fit in 16 (--gen_buckets)' in body['error']['message']
+
+
 def test_streaming_emits_every_step_then_the_answer(url):
   settings = dict(seed=5, temperature=1.0, max_tokens=16, steps=8, block_length=4)
   final = complete(url, **settings)[2]['choices'][0]

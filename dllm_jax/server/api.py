@@ -2,7 +2,9 @@
 
 POST /v1/completions and /v1/chat/completions take the OpenAI request fields (model,
 prompt / messages, max_tokens, temperature, top_p, n, stop, stream, stream_options, seed,
-user) and the diffusion ones (steps, block_length, sampler, cfg_scale, top_k). With
+user; completions also suffix, for infilling: the max_tokens generated tokens fill the gap
+between prompt and suffix) and the diffusion ones (steps, block_length, sampler, cfg_scale,
+top_k). With
 `stream: true` the answer comes as server-sent events: one chunk per denoising step whose
 choices carry an empty text (or delta) and a `denoise` object {step, steps, canvas,
 masked}, the canvas being the generated region with each still-masked token drawn as
@@ -41,6 +43,7 @@ from dllm_jax.server import engine as engine_lib
 
 MAX_STOP = 4
 INT64 = 2**63
+NO_SUFFIX = np.zeros(0, np.int32)
 
 
 class ApiError(HTTPException):
@@ -82,6 +85,9 @@ class _Request(BaseModel):
 
 class CompletionRequest(_Request):
   prompt: str | list[str] | list[int] | list[list[int]]
+  suffix: str | None = Field(None, description='Text after the completion (infilling): the '
+                             'max_tokens generated tokens fill the gap between prompt and '
+                             'suffix, which stays as given.')
 
 
 class ChatMessage(BaseModel):
@@ -243,7 +249,8 @@ def create_app(engine: engine_lib.Engine, *, model_name: str, api_key: str | Non
       raise ApiError(404, f'the model {name!r} does not exist; this server has '
                      f'{model_name!r}.', param='model', code='model_not_found')
 
-  def start_job(req: _Request, prompts: list[np.ndarray], max_tokens: int | None):
+  def start_job(req: _Request, prompts: list[np.ndarray], max_tokens: int | None,
+                suffix: np.ndarray):
     """Checks and queues a job; returns (job, queue of its events)."""
     check_model(req.model)
     stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
@@ -251,7 +258,7 @@ def create_app(engine: engine_lib.Engine, *, model_name: str, api_key: str | Non
       raise ApiError(400, f'stop: at most {MAX_STOP} non-empty strings.', param='stop')
     settings = _resolve_settings(req, max_tokens or default_max_tokens)
     try:
-      engine.check(max(len(p) for p in prompts), settings, len(prompts) * req.n)
+      engine.check(max(len(p) for p in prompts), settings, len(prompts) * req.n, len(suffix))
     except sampling.SamplingError as e:
       field = str(e).split(':')[0]
       raise ApiError(400, str(e), param=field if field in type(req).model_fields else None) from e
@@ -266,7 +273,8 @@ def create_app(engine: engine_lib.Engine, *, model_name: str, api_key: str | Non
     rows = [p for p in prompts for _ in range(req.n)]
     job = engine_lib.Job(rows, settings, seed, on_done=lambda result: post(('done', result)),
                          on_step=(lambda step, canvases, masked: post(
-                             ('step', (step, canvases, masked)))) if req.stream else None)
+                             ('step', (step, canvases, masked)))) if req.stream else None,
+                         suffix=suffix)
     try:
       engine.submit(job)
     except engine_lib.QueueFull as e:
@@ -311,13 +319,14 @@ def create_app(engine: engine_lib.Engine, *, model_name: str, api_key: str | Non
       out.append({'index': i, **body, 'logprobs': None, 'finish_reason': reason})
     return out, tokens
 
-  def usage(prompts, req, completion_tokens):
-    prompt_tokens = sum(len(p) for p in prompts) * req.n
+  def usage(prompts, suffix, req, completion_tokens):
+    prompt_tokens = sum(len(p) + len(suffix) for p in prompts) * req.n
     return {'prompt_tokens': prompt_tokens, 'completion_tokens': completion_tokens,
             'total_tokens': prompt_tokens + completion_tokens}
 
-  async def respond(req: _Request, request: Request, prompts, max_tokens, chat: bool):
-    job, events, stops = start_job(req, prompts, max_tokens)
+  async def respond(req: _Request, request: Request, prompts, max_tokens, chat: bool,
+                    suffix: np.ndarray = NO_SUFFIX):
+    job, events, stops = start_job(req, prompts, max_tokens, suffix)
     ident = f'{"chatcmpl" if chat else "cmpl"}-{secrets.token_hex(12)}'
     head = {'id': ident, 'object': 'chat.completion' if chat else 'text_completion',
             'created': int(time.time()), 'model': model_name}
@@ -327,7 +336,7 @@ def create_app(engine: engine_lib.Engine, *, model_name: str, api_key: str | Non
       except _ClientGone:
         return JSONResponse(_error_body('client closed the request', 'client_error'), 499)
       choices, tokens = choices_of(rows, stops, chat)
-      return {**head, 'choices': choices, 'usage': usage(prompts, req, tokens)}
+      return {**head, 'choices': choices, 'usage': usage(prompts, suffix, req, tokens)}
     chunk_head = {**head, 'object': 'chat.completion.chunk' if chat else 'text_completion'}
     empty = {'delta': {}} if chat else {'text': ''}
     include_usage = bool((req.stream_options or {}).get('include_usage'))
@@ -362,7 +371,7 @@ def create_app(engine: engine_lib.Engine, *, model_name: str, api_key: str | Non
               c['delta'] = {'content': c.pop('message')['content']}
           yield sse({**chunk_head, 'choices': choices})
           if include_usage:
-            yield sse({**chunk_head, 'choices': [], 'usage': usage(prompts, req, tokens)})
+            yield sse({**chunk_head, 'choices': [], 'usage': usage(prompts, suffix, req, tokens)})
           break
         yield 'data: [DONE]\n\n'
       except ApiError as e:
@@ -393,7 +402,8 @@ def create_app(engine: engine_lib.Engine, *, model_name: str, api_key: str | Non
           raise ApiError(400, f'prompt: token ids must be in [0, {tokenizer.vocab_size}) and '
                          f'not the mask ({tokenizer.mask_id}).', param='prompt')
         prompts.append(np.asarray(p, np.int32))
-    return await respond(req, request, prompts, req.max_tokens, chat=False)
+    suffix = np.asarray(tokenizer.encode(req.suffix or ''), np.int32)
+    return await respond(req, request, prompts, req.max_tokens, chat=False, suffix=suffix)
 
   @app.post('/v1/chat/completions', dependencies=[Depends(authorize)])
   async def chat_completions(req: ChatRequest, request: Request):

@@ -6,8 +6,10 @@ on or off) up to `max_batch` rows, and runs them as one call of `sampling.sample
 which each row keeps its own key, steps, block length, length and temperature. Shapes are
 rounded up to buckets: batch rows to a power of two, the prompt (left-padded) and the
 generation region (right-padded, out of attention) to the configured lengths, so that a
-row samples as it would alone. `warm_up` compiles every bucket ahead of time; after it,
-serving compiles nothing (counted by `dllm_compilations_total`).
+row samples as it would alone. A job may carry a suffix, fixed text after its generation
+(infilling): its tokens follow the masks in the generation bucket. `warm_up` compiles
+every bucket ahead of time; after it, serving compiles nothing (counted by
+`dllm_compilations_total`).
 """
 
 import contextlib
@@ -67,6 +69,8 @@ class Job:
   seed: int
   on_done: Callable
   on_step: Callable | None = None  # streaming: the canvas of every row after every step
+  suffix: np.ndarray = dataclasses.field(  # fixed tokens after the generated ones
+      default_factory=lambda: np.zeros(0, np.int32))
   cancelled: bool = False
   enqueued: float = dataclasses.field(default_factory=time.monotonic)
 
@@ -170,7 +174,8 @@ class Engine:
 
   # ---- the queue
 
-  def check(self, prompt_tokens: int, settings: Settings, rows: int) -> None:
+  def check(self, prompt_tokens: int, settings: Settings, rows: int,
+            suffix_tokens: int = 0) -> None:
     """Raises sampling.SamplingError naming what this engine cannot serve."""
     limit = self.model.config.max_seq_len
     if rows > self.max_batch:
@@ -182,10 +187,14 @@ class Engine:
     if prompt_tokens > self.prompt_buckets[-1]:
       raise sampling.SamplingError(f'the prompt has {prompt_tokens} tokens; this server takes '
                                    f'at most {self.prompt_buckets[-1]} (--prompt_buckets).')
-    if prompt_tokens + settings.gen_length > limit:
-      raise sampling.SamplingError(f'the prompt ({prompt_tokens} tokens) and max_tokens '
-                                   f'({settings.gen_length}) exceed the model\'s context of '
-                                   f'{limit} tokens.')
+    if settings.gen_length + suffix_tokens > self.gen_buckets[-1]:
+      raise sampling.SamplingError(f'suffix: its {suffix_tokens} tokens and max_tokens '
+                                   f'({settings.gen_length}) must fit in '
+                                   f'{self.gen_buckets[-1]} (--gen_buckets).')
+    if prompt_tokens + settings.gen_length + suffix_tokens > limit:
+      raise sampling.SamplingError(f'the prompt ({prompt_tokens} tokens), max_tokens '
+                                   f'({settings.gen_length}) and suffix ({suffix_tokens}) '
+                                   f'exceed the model\'s context of {limit} tokens.')
     if settings.steps > self.max_steps:
       raise sampling.SamplingError(f'steps: at most {self.max_steps} (--max_steps), got '
                                    f'{settings.steps}.')
@@ -302,16 +311,19 @@ class Engine:
     tok = self.tokenizer
     prompts = [p for job in batch for p in job.prompts]
     lengths = [job.settings.gen_length for job in batch for _ in job.prompts]
+    suffixes = [job.suffix for job in batch for _ in job.prompts]
     rows = _bucket(len(prompts), self.row_buckets)
     width = _bucket(max(len(p) for p in prompts), self.prompt_buckets)
-    gen = _bucket(max(lengths), self.gen_buckets)
+    gen = _bucket(max(n + len(s) for n, s in zip(lengths, suffixes)), self.gen_buckets)
     guided = batch[0].settings.cfg_scale > 0
     canvas = np.full((rows, width + gen), tok.pad_id, np.int32)
     valid = np.zeros(canvas.shape, bool)
-    for r, (ids, n) in enumerate(zip(prompts, lengths)):
+    for r, (ids, n, suffix) in enumerate(zip(prompts, lengths, suffixes)):
+      end = width + n + len(suffix)
       canvas[r, width - len(ids):width] = ids
       canvas[r, width:width + n] = tok.mask_id
-      valid[r, width - len(ids):width + n] = True
+      canvas[r, width + n:end] = suffix
+      valid[r, width - len(ids):end] = True
     canvas[len(prompts):], valid[len(prompts):] = canvas[0], valid[0]  # unused filler rows
     per_row = [job.settings for job in batch for _ in job.prompts]
     per_row += [per_row[0]] * (rows - len(per_row))
