@@ -108,9 +108,10 @@ def test_forward_passes_makes_every_pass_and_nothing_else():
 def test_interleaved_medians_runs_every_method_once_per_round():
   order = []
   methods = {name: (lambda name=name: order.append(name) or jnp.zeros(())) for name in 'ab'}
-  seconds = sample_speed.interleaved_medians(methods, repeats=3)
+  seconds, outputs = sample_speed.interleaved_medians(methods, repeats=3)
   assert order == ['a', 'b'] * 4  # a warm-up round, then three timed ones
   assert set(seconds) == {'a', 'b'} and all(t >= 0 for t in seconds.values())
+  assert set(outputs) == {'a', 'b'}
 
 
 def test_train_speed_reports_mfu_against_a_measured_cpu_peak():

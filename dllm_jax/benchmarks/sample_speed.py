@@ -91,18 +91,18 @@ def forward_passes(forward, params, canvas, steps: int):
   return jax.lax.fori_loop(0, steps, body, canvas)
 
 
-def interleaved_medians(methods: dict, repeats: int) -> dict:
+def interleaved_medians(methods: dict, repeats: int) -> tuple[dict, dict]:
   """Median seconds of each zero-argument method over `repeats` rounds that run every
-  method once, after a warm-up (compile) round: drifts of the machine hit all alike."""
-  for fn in methods.values():
-    jax.block_until_ready(fn())
+  method once, after a warm-up (compile) round: drifts of the machine hit all alike.
+  Also returns what each method gave in the warm-up round."""
+  outputs = {name: jax.block_until_ready(fn()) for name, fn in methods.items()}
   times = {name: [] for name in methods}
   for _ in range(repeats):
     for name, fn in methods.items():
       start = time.perf_counter()
       jax.block_until_ready(fn())
       times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(t) for name, t in times.items()}
+  return {name: statistics.median(t) for name, t in times.items()}, outputs
 
 
 def benchmark(config, batch_size: int, gen_length: int, steps: int, block_length: int,
@@ -127,11 +127,11 @@ def benchmark(config, batch_size: int, gen_length: int, steps: int, block_length
       'loop': lambda: loop_sample(forward, params, canvas, cfg, prompt_len),
       'forwards': lambda: forwards(logits_fn, params, canvas, steps),
   }
-  agreement = float(np.mean(np.asarray(methods['jitted']()) == np.asarray(methods['loop']())))
+  seconds, outputs = interleaved_medians(methods, repeats)
+  agreement = float(np.mean(np.asarray(outputs['jitted']) == np.asarray(outputs['loop'])))
   if agreement < 1 and model_config.dtype == 'float32' and jax.default_backend() == 'cpu':
     raise AssertionError(f'the jitted sampler and the loop disagree on {1 - agreement:.1%} '
                          'of the tokens')
-  seconds = interleaved_medians(methods, repeats)
   peak = peak_flops or metrics_lib.peak_flops_per_device() or metrics_lib.measured_matmul_flops()
   roofline_step_s = 2 * model_config.num_params() * canvas.size / peak
   tokens = batch_size * gen_length

@@ -43,7 +43,6 @@ from dllm_jax.server import engine as engine_lib
 
 MAX_STOP = 4
 INT64 = 2**63
-NO_SUFFIX = np.zeros(0, np.int32)
 
 
 class ApiError(HTTPException):
@@ -325,7 +324,7 @@ def create_app(engine: engine_lib.Engine, *, model_name: str, api_key: str | Non
             'total_tokens': prompt_tokens + completion_tokens}
 
   async def respond(req: _Request, request: Request, prompts, max_tokens, chat: bool,
-                    suffix: np.ndarray = NO_SUFFIX):
+                    suffix: np.ndarray = engine_lib.NO_SUFFIX):
     job, events, stops = start_job(req, prompts, max_tokens, suffix)
     ident = f'{"chatcmpl" if chat else "cmpl"}-{secrets.token_hex(12)}'
     head = {'id': ident, 'object': 'chat.completion' if chat else 'text_completion',

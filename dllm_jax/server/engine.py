@@ -31,6 +31,7 @@ from dllm_jax.config import SAMPLERS
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 MAX_TOP_K = 2**31 - 1  # top_k past the vocabulary keeps everything
+NO_SUFFIX = np.zeros(0, np.int32)
 
 
 class QueueFull(Exception):
@@ -69,8 +70,7 @@ class Job:
   seed: int
   on_done: Callable
   on_step: Callable | None = None  # streaming: the canvas of every row after every step
-  suffix: np.ndarray = dataclasses.field(  # fixed tokens after the generated ones
-      default_factory=lambda: np.zeros(0, np.int32))
+  suffix: np.ndarray = dataclasses.field(default_factory=lambda: NO_SUFFIX)  # fixed tokens
   cancelled: bool = False
   enqueued: float = dataclasses.field(default_factory=time.monotonic)
 
