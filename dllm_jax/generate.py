@@ -44,7 +44,7 @@ MASK_GLYPH = '\u00b7'  # how a still-masked position looks in --show_steps
 MASK_MARKER = re.compile(r'\[MASK(?::(\d+))?\]')
 
 # One compiled sampler per (network, settings, prompt length, shape).
-_sample = jax.jit(sampling.sample, static_argnums=(0, 4, 5))
+_sample = jax.jit(sampling.sample, static_argnums=(0, 4, 5), static_argnames='decode_fn')
 _decode = jax.jit(autoregressive.generate, static_argnums=(0, 1, 6))
 
 
@@ -65,7 +65,7 @@ class Model:
     graphdef = model_lib.abstract_model(self.config)[0]
     if self.logits_fn is None:
       self.logits_fn = model_lib.make_logits_fn(graphdef)
-    self.decode_fn = model_lib.make_decode_fn(graphdef) if self.config.causal else None
+    self.decode_fn = model_lib.make_decode_fn(graphdef)  # causal decoding, block_cache
 
   def placed(self):
     """The context to run the model's computations in: its mesh and rules, if any."""
@@ -154,9 +154,11 @@ def generate_ids(model: Model, encoded: list[np.ndarray], *, gen_length: int = 1
                  steps: int = 64, block_length: int = 32, sampler: str = 'low_confidence',
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                  cfg_scale: float = 0.0, forbid_eos: bool = False, seed: int = 0,
-                 time_grid: str = 'uniform') -> list[Completion]:
+                 time_grid: str = 'uniform', block_cache: bool = False) -> list[Completion]:
   """Completes each tokenized prompt in one batch; shorter prompts are left-padded (and
   masked out of attention), so every row's generation starts at the same position.
+  `block_cache` reuses keys and values outside the current block within it (Fast-dLLM's
+  dual cache; see `sampling.SamplerConfig`): faster, approximate.
 
   A causal (autoregressive) model decodes with its key/value cache: `temperature`, `top_k`,
   `top_p` and `forbid_eos` apply, the diffusion settings do not, and token i is "committed"
@@ -192,14 +194,14 @@ def generate_ids(model: Model, encoded: list[np.ndarray], *, gen_length: int = 1
         mask_id=tok.mask_id, vocab_size=tok.vocab_size, eos_id=tok.eos_id, sampler=sampler,
         steps=steps, block_length=block_length, temperature=temperature, top_k=top_k,
         top_p=top_p, cfg_scale=cfg_scale, forbid_eos=forbid_eos, time_grid=time_grid,
-        schedule=model.diffusion_schedule)
+        schedule=model.diffusion_schedule, block_cache=block_cache)
     sampling.validate(cfg, prompt_len + gen_length, prompt_len)
     full = np.concatenate([canvas, np.full((len(encoded), gen_length), tok.mask_id, np.int32)],
                           axis=1)
     mask = np.concatenate([attention_mask, np.ones((len(encoded), gen_length), bool)], axis=1)
     with model.placed():
       out = _sample(model.logits_fn, model.params, full, jax.random.key(seed), cfg, prompt_len,
-                    None if mask.all() else mask)
+                    None if mask.all() else mask, decode_fn=model.decode_fn)
     tokens, commits = jax.device_get(out)
   completions = []
   for row in range(len(encoded)):
@@ -311,6 +313,8 @@ def define_flags():
   flags.DEFINE_float('top_p', 1.0, 'Nucleus sampling mass; 1 keeps all.')
   flags.DEFINE_float('cfg_scale', 0.0, 'Classifier-free guidance weight.')
   flags.DEFINE_bool('forbid_eos', False, 'Never generate EOS.')
+  flags.DEFINE_bool('block_cache', False, 'Reuse the keys and values outside the current '
+                    'block for its steps (Fast-dLLM\'s dual cache): faster, approximate.')
   flags.DEFINE_integer('num_samples', 1, 'Completions of the prompt.')
   flags.DEFINE_integer('seed', 0, 'Random seed.')
   flags.DEFINE_bool('show_steps', False, 'Print the first sample as it denoises.')
@@ -338,7 +342,8 @@ def main(argv):
       steps = steps or int(np.sum(completions[0].commit_step >= 0))
     else:
       completions = generate(model, [f.prompt] * f.num_samples, gen_length=f.gen_length,
-                             steps=f.steps, block_length=f.block_length, **settings)
+                             steps=f.steps, block_length=f.block_length,
+                             block_cache=f.block_cache, **settings)
       steps = f.steps
   except (sampling.SamplingError, ckpt_lib.CheckpointError, ConfigError,
           FileNotFoundError) as e:

@@ -154,25 +154,22 @@ class Block(nnx.Module):
     q_BxLxNxH = sharding.constrain(apply_rope(q_BxLxNxH, cos_LxH, sin_LxH), heads)
     k_BxLxKxH = sharding.constrain(apply_rope(k_BxLxKxH, cos_LxH, sin_LxH), heads)
     v_BxLxKxH = sharding.constrain(v_BxLxKxH, heads)
-    if kv_cache is None:
-      if cfg.attention_impl == 'xla' and cfg.n_kv_heads < cfg.n_heads:
-        # XLA runs grouped heads as a 5-D batched matmul, about half as fast on CPU as the
-        # plain per-head one; repeating the few key/value heads costs less than that.
-        groups = cfg.n_heads // cfg.n_kv_heads
-        k_BxLxKxH = jnp.repeat(k_BxLxKxH, groups, axis=2)
-        v_BxLxKxH = jnp.repeat(v_BxLxKxH, groups, axis=2)
-      o_BxLxNxH = jax.nn.dot_product_attention(
-          q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, mask=mask_Bx1xLxS, is_causal=cfg.causal,
-          implementation=cfg.attention_impl)
-    else:
+    if kv_cache is not None:
       k_cache, v_cache, start = kv_cache
       k_BxSxKxH = jax.lax.dynamic_update_slice(k_cache, k_BxLxKxH.astype(k_cache.dtype),
                                                (0, start, 0, 0))
       v_BxSxKxH = jax.lax.dynamic_update_slice(v_cache, v_BxLxKxH.astype(v_cache.dtype),
                                                (0, start, 0, 0))
-      o_BxLxNxH = jax.nn.dot_product_attention(
-          q_BxLxNxH, k_BxSxKxH.astype(dt), v_BxSxKxH.astype(dt), mask=mask_Bx1xLxS,
-          implementation=cfg.attention_impl)
+      k_BxLxKxH, v_BxLxKxH = k_BxSxKxH.astype(dt), v_BxSxKxH.astype(dt)
+    if cfg.attention_impl == 'xla' and cfg.n_kv_heads < cfg.n_heads:
+      # XLA runs grouped heads as a 5-D batched matmul, about half as fast on CPU as the
+      # plain per-head one; repeating the few key/value heads costs less than that.
+      groups = cfg.n_heads // cfg.n_kv_heads
+      k_BxLxKxH = jnp.repeat(k_BxLxKxH, groups, axis=2)
+      v_BxLxKxH = jnp.repeat(v_BxLxKxH, groups, axis=2)
+    o_BxLxNxH = jax.nn.dot_product_attention(
+        q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, mask=mask_Bx1xLxS,
+        is_causal=cfg.causal and kv_cache is None, implementation=cfg.attention_impl)
     x_BxLxD = x_BxLxD + jnp.einsum('blnh,nhd->bld', o_BxLxNxH, w(self.attn_out))
     x_BxLxD = sharding.constrain(x_BxLxD, BATCH_LENGTH_EMBED)
 
@@ -242,20 +239,26 @@ class Transformer(nnx.Module):
         x_BxLxD = layer(x_BxLxD, jax.tree.map(lambda a: a[i], layers))
     return self._head(x_BxLxD)
 
-  def decode(self, tokens_BxT: Array, cache: dict, start: Array,
+  def decode(self, tokens_BxT: Array, cache: dict | None, start: Array,
              key_valid_BxS: Array) -> tuple[Array, dict]:
-    """Causal decoding with a key/value cache: the T tokens at positions start.. attend to
-    every cached position up to their own (and only to `key_valid` ones); their keys and
-    values join the cache. Prefill is one call with the whole prompt, then one per token."""
+    """A forward pass of the T tokens at positions start.. against a key/value cache: they
+    attend to every cached position (up to their own if the model is causal; only to
+    `key_valid` ones) and their keys and values join the cache. Causal decoding prefills
+    with the whole prompt, then calls once per token; `cache=None` starts an empty cache as
+    long as `tokens` (start 0), so one call over a whole canvas returns all its keys and
+    values (the diffusion samplers' block cache)."""
     cfg = self.cfg
+    if cache is None:
+      cache = init_cache(cfg, *tokens_BxT.shape)
     t, s = tokens_BxT.shape[1], cache['k'].shape[2]
     x_BxTxD = self._embed(tokens_BxT)
     cos_SxH, sin_SxH = rope_tables(s, cfg.head_dim, cfg.rope_theta)
     cos_TxH = jax.lax.dynamic_slice_in_dim(cos_SxH, start, t)
     sin_TxH = jax.lax.dynamic_slice_in_dim(sin_SxH, start, t)
-    query_pos_T = start + jnp.arange(t)
-    causal_TxS = jnp.arange(s)[None, :] <= query_pos_T[:, None]
-    mask = causal_TxS[None, None, :, :] & key_valid_BxS.astype(bool)[:, None, None, :]
+    mask = jnp.broadcast_to(key_valid_BxS.astype(bool)[:, None, None, :],
+                            (tokens_BxT.shape[0], 1, t, s))
+    if cfg.causal:
+      mask &= (jnp.arange(s)[None, :] <= start + jnp.arange(t)[:, None])[None, None]
     graphdef, layers = nnx.split(self.blocks)
 
     def layer(x, layer_and_cache):

@@ -58,6 +58,8 @@ class SamplerConfig:
   forbid_eos: bool = False
   time_grid: str = 'uniform'  # ancestral only
   schedule: diffusion.Schedule = diffusion.Schedule('linear')  # ancestral only
+  # Fast-dLLM's dual key/value cache, remasking samplers only: faster, approximate.
+  block_cache: bool = False
 
 
 class Sample(NamedTuple):
@@ -82,6 +84,8 @@ def validate(cfg: SamplerConfig, canvas_len: int, gen_start: int) -> None:
   if not 0 <= gen_start < canvas_len:
     raise SamplingError(f'the prompt ({gen_start} tokens) leaves no room to generate in a '
                         f'canvas of {canvas_len}.')
+  if cfg.block_cache and cfg.sampler == 'ancestral':
+    raise SamplingError('block_cache: needs a remasking sampler (blocks); ancestral has none.')
   if cfg.sampler != 'ancestral':
     gen_length = canvas_len - gen_start
     block = cfg.block_length or gen_length
@@ -188,17 +192,24 @@ def confidence(keys_B: Array, logits_BxLxV: Array, x0_BxL: Array, kind: str) -> 
   return jnp.sum(jnp.where(probs > 0, probs * log_probs, 0.0), axis=-1)  # -entropy
 
 
-def _guided_logits(logits_fn, params, x_BxL, fixed_BxL, attention_mask, mask_id, cfg_scale_B):
-  """One model call; with guidance (`cfg_scale_B` not None), on [conditional;
-  prompt-masked] rows at once, mixed with each row's weight (0 leaves a row unguided)."""
+def _guided(net: Callable, x_BxT: Array, fixed_BxT: Array, mask_id: int,
+            cfg_scale_B: Array | None):
+  """One model call `net(tokens) -> (logits, aux)`; with guidance (`cfg_scale_B` not None),
+  on [conditional; prompt-masked] rows at once, mixed with each row's weight (0 leaves a
+  row unguided)."""
   if cfg_scale_B is None:
-    return logits_fn(params, x_BxL, attention_mask)
-  unconditional = jnp.where(fixed_BxL, mask_id, x_BxL)
-  both = jnp.concatenate([x_BxL, unconditional], axis=0)
-  mask = None if attention_mask is None else jnp.concatenate([attention_mask] * 2, axis=0)
-  cond, uncond = jnp.split(logits_fn(params, both, mask), 2, axis=0)
-  cond, uncond = cond.astype(jnp.float32), uncond.astype(jnp.float32)
-  return uncond + (cfg_scale_B[:, None, None] + 1.0) * (cond - uncond)
+    return net(x_BxT)
+  unconditional = jnp.where(fixed_BxT, mask_id, x_BxT)
+  logits, aux = net(jnp.concatenate([x_BxT, unconditional], axis=0))
+  cond, uncond = jnp.split(logits.astype(jnp.float32), 2, axis=0)
+  return uncond + (cfg_scale_B[:, None, None] + 1.0) * (cond - uncond), aux
+
+
+def _rows_for(a_BxL: Array | None, tokens: Array) -> Array | None:
+  """Per-row `a_BxL` repeated for a batch doubled by guidance."""
+  if a_BxL is None:
+    return None
+  return jnp.concatenate([a_BxL] * (tokens.shape[0] // a_BxL.shape[0]), axis=0)
 
 
 def time_grid(u: Array, kind: str) -> Array:
@@ -207,12 +218,14 @@ def time_grid(u: Array, kind: str) -> Array:
 
 
 def sample(logits_fn: Callable, params, canvas_BxL: Array, key: Array, cfg: SamplerConfig,
-           gen_start: int, attention_mask_BxL: Array | None = None) -> Sample:
+           gen_start: int, attention_mask_BxL: Array | None = None,
+           decode_fn: Callable | None = None) -> Sample:
   """Fills the masked positions of `canvas_BxL` in `cfg.steps` model calls.
 
   `gen_start` is where the semi-autoregressive blocks begin (the prompt length when
-  generating after a prompt; 0 for infilling). Jit it with `cfg`, `gen_start` and
-  `logits_fn` static, e.g. `jax.jit(sample, static_argnums=(0, 4, 5))`.
+  generating after a prompt; 0 for infilling). Jit it with `cfg`, `gen_start`, `logits_fn`
+  and `decode_fn` static, e.g. `jax.jit(sample, static_argnums=(0, 4, 5),
+  static_argnames='decode_fn')`. `cfg.block_cache` needs `decode_fn` (`model.make_decode_fn`).
   """
   validate(cfg, canvas_BxL.shape[1], gen_start)
   batch, length = canvas_BxL.shape
@@ -220,10 +233,74 @@ def sample(logits_fn: Callable, params, canvas_BxL: Array, key: Array, cfg: Samp
   if cfg.sampler != 'ancestral':
     block = cfg.block_length or length - gen_start
     most_per_step = -(-block // (cfg.steps // ((length - gen_start) // block)))
-  return sample_rows(logits_fn, params, canvas_BxL, jax.random.split(key, batch),
-                     row_settings(cfg, batch, length - gen_start),
-                     SAMPLERS.index(cfg.sampler), cfg, gen_start, attention_mask_BxL,
-                     guided=bool(cfg.cfg_scale), most_per_step=most_per_step)
+  args = (params, canvas_BxL, jax.random.split(key, batch),
+          row_settings(cfg, batch, length - gen_start), SAMPLERS.index(cfg.sampler), cfg,
+          gen_start, attention_mask_BxL)
+  if cfg.block_cache:
+    if decode_fn is None:
+      raise SamplingError('block_cache: needs the network\'s decode_fn (model.make_decode_fn).')
+    return _sample_block_cached(decode_fn, *args, guided=bool(cfg.cfg_scale), block=block,
+                                most_per_step=most_per_step)
+  return sample_rows(logits_fn, *args, guided=bool(cfg.cfg_scale),
+                     most_per_step=most_per_step)
+
+
+def _committers(rows: RowSettings, cfg: SamplerConfig, gen_start: int,
+                most_per_step: int) -> list[Callable]:
+  """Per sampler of SAMPLERS, `commit(i, keys_B, logits_BxW, x0_BxW, masked_BxW,
+  block_masks_B, positions_W) -> (commit_now_BxW, block_masks_B)`: which positions of a
+  window of the canvas (at `positions_W`) take their drawn token x0 at step i."""
+  steps_B = rows.steps
+
+  def remask(kind):
+    def commit(i, keys, logits, x0, masked_BxW, block_masks_B, positions_W):
+      steps_per_block = steps_B // (rows.gen_length // rows.block_length)
+      j = i % steps_per_block
+      lo_B = gen_start + (i // steps_per_block) * rows.block_length
+      in_block_BxW = (masked_BxW & (positions_W[None, :] >= lo_B[:, None])
+                      & (positions_W[None, :] < (lo_B + rows.block_length)[:, None]))
+      # The block's mask count, taken at its first step, sets how many commit per step.
+      block_masks_B = jnp.where(j == 0, in_block_BxW.sum(axis=1), block_masks_B)
+      k_B = block_masks_B // steps_per_block + (j < block_masks_B % steps_per_block)
+      conf = jnp.where(in_block_BxW, confidence(keys, logits, x0, kind), -jnp.inf)
+      # Commit the k_B most confident positions of the block (ties go to the left).
+      most = min(most_per_step, masked_BxW.shape[1])
+      _, top_BxK = jax.lax.top_k(conf, most)
+      chosen_BxK = jnp.arange(most)[None, :] < k_B[:, None]
+      rows_B = jnp.arange(masked_BxW.shape[0])[:, None]
+      commit_now = jnp.zeros_like(in_block_BxW).at[rows_B, top_BxK].max(chosen_BxK)
+      return commit_now & in_block_BxW, block_masks_B
+    return commit
+
+  def ancestral(i, keys, logits, x0, masked_BxW, block_masks_B, positions_W):
+    del logits, x0, positions_W
+    steps = steps_B.astype(jnp.float32)
+    alpha_t = cfg.schedule.alpha(time_grid(i / steps, cfg.time_grid))
+    alpha_s = cfg.schedule.alpha(time_grid((i + 1) / steps, cfg.time_grid))
+    p_unmask_B = jnp.where(i == steps_B - 1, 1.0, (alpha_s - alpha_t) / (1.0 - alpha_t))
+    u_BxW = jax.vmap(lambda k: jax.random.uniform(k, masked_BxW.shape[1:]))(keys)
+    return masked_BxW & (u_BxW < p_unmask_B[:, None]), block_masks_B
+
+  return [ancestral if kind == 'ancestral' else remask(kind) for kind in SAMPLERS]
+
+
+def _denoise(i, x_BxW: Array, logits_BxWxV: Array, positions_W: Array, block_masks_B: Array,
+             keys_B: Array, rows: RowSettings, cfg: SamplerConfig, commit_fn: Callable):
+  """Step i on a window of the canvas given its logits: draw, choose, commit. Returns the
+  window, where it committed, and the blocks' mask counts."""
+  step_keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, i)))(keys_B)
+  logits = filter_logits(logits_BxWxV, cfg, rows)
+  x0 = draw_rows(step_keys[:, 0], logits, rows.temperature)
+  commit_now, block_masks_B = commit_fn(i, step_keys[:, 1], logits, x0, x_BxW == cfg.mask_id,
+                                        block_masks_B, positions_W)
+  commit_now = commit_now & (i < rows.steps)[:, None]
+  return jnp.where(commit_now, x0, x_BxW), commit_now, block_masks_B
+
+
+def _start(canvas_BxL: Array, rows: RowSettings, cfg: SamplerConfig):
+  """The loop's first carry: canvas, commit steps (-1 where given), blocks' mask counts."""
+  commit0 = jnp.where(canvas_BxL != cfg.mask_id, -1, jnp.max(rows.steps)).astype(jnp.int32)
+  return canvas_BxL, commit0, jnp.zeros(canvas_BxL.shape[0], jnp.int32)
 
 
 def sample_rows(logits_fn: Callable, params, canvas_BxL: Array, keys_B: Array,
@@ -241,59 +318,75 @@ def sample_rows(logits_fn: Callable, params, canvas_BxL: Array, keys_B: Array,
   called on the host after every step (streaming)."""
   fixed_BxL = canvas_BxL != cfg.mask_id
   positions_L = jnp.arange(canvas_BxL.shape[1])
-  most_per_step = min(most_per_step or canvas_BxL.shape[1], canvas_BxL.shape[1])
-  rows_B = jnp.arange(canvas_BxL.shape[0])[:, None]
-  steps_B = rows.steps
-
-  def remask(kind):
-    def commit(i, keys, logits, x0, masked_BxL, block_masks_B):
-      steps_per_block = steps_B // (rows.gen_length // rows.block_length)
-      j = i % steps_per_block
-      lo_B = gen_start + (i // steps_per_block) * rows.block_length
-      in_block_BxL = (masked_BxL & (positions_L[None, :] >= lo_B[:, None])
-                      & (positions_L[None, :] < (lo_B + rows.block_length)[:, None]))
-      # The block's mask count, taken at its first step, sets how many commit per step.
-      block_masks_B = jnp.where(j == 0, in_block_BxL.sum(axis=1), block_masks_B)
-      k_B = block_masks_B // steps_per_block + (j < block_masks_B % steps_per_block)
-      conf = jnp.where(in_block_BxL, confidence(keys, logits, x0, kind), -jnp.inf)
-      # Commit the k_B most confident positions of the block (ties go to the left).
-      _, top_BxK = jax.lax.top_k(conf, most_per_step)
-      chosen_BxK = jnp.arange(most_per_step)[None, :] < k_B[:, None]
-      commit_now = jnp.zeros_like(in_block_BxL).at[rows_B, top_BxK].max(chosen_BxK)
-      return commit_now & in_block_BxL, block_masks_B
-    return commit
-
-  def ancestral(i, keys, logits, x0, masked_BxL, block_masks_B):
-    del logits, x0
-    steps = steps_B.astype(jnp.float32)
-    alpha_t = cfg.schedule.alpha(time_grid(i / steps, cfg.time_grid))
-    alpha_s = cfg.schedule.alpha(time_grid((i + 1) / steps, cfg.time_grid))
-    p_unmask_B = jnp.where(i == steps_B - 1, 1.0, (alpha_s - alpha_t) / (1.0 - alpha_t))
-    u_BxL = jax.vmap(lambda k: jax.random.uniform(k, masked_BxL.shape[1:]))(keys)
-    return masked_BxL & (u_BxL < p_unmask_B[:, None]), block_masks_B
-
-  branches = [ancestral if kind == 'ancestral' else remask(kind) for kind in SAMPLERS]
+  branches = _committers(rows, cfg, gen_start, most_per_step or canvas_BxL.shape[1])
+  commit_fn = lambda *args: jax.lax.switch(sampler_index, branches, *args)
+  net = lambda tokens: (logits_fn(params, tokens, _rows_for(attention_mask_BxL, tokens)), None)
 
   def step(i, carry):
     x, commit, block_masks_B = carry
-    step_keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, i)))(keys_B)
-    logits = _guided_logits(logits_fn, params, x, fixed_BxL, attention_mask_BxL, cfg.mask_id,
-                            rows.cfg_scale if guided else None)
-    logits = filter_logits(logits, cfg, rows)
-    x0 = draw_rows(step_keys[:, 0], logits, rows.temperature)
-    commit_now, block_masks_B = jax.lax.switch(
-        sampler_index, branches, i, step_keys[:, 1], logits, x0, x == cfg.mask_id,
-        block_masks_B)
-    commit_now = commit_now & (i < steps_B)[:, None]
-    x = jnp.where(commit_now, x0, x)
+    logits, _ = _guided(net, x, fixed_BxL, cfg.mask_id, rows.cfg_scale if guided else None)
+    x, commit_now, block_masks_B = _denoise(i, x, logits, positions_L, block_masks_B, keys_B,
+                                            rows, cfg, commit_fn)
     if on_step is not None:
       jax.lax.cond(report, lambda: io_callback(on_step, None, i, x),
                    lambda: None)
     return x, jnp.where(commit_now, i, commit), block_masks_B
 
-  commit0 = jnp.where(fixed_BxL, -1, jnp.max(steps_B)).astype(jnp.int32)
-  init = (canvas_BxL, commit0, jnp.zeros(canvas_BxL.shape[0], jnp.int32))
-  final = jax.lax.fori_loop(0, jnp.max(steps_B), step, init)
+  final = jax.lax.fori_loop(0, jnp.max(rows.steps), step, _start(canvas_BxL, rows, cfg))
+  return Sample(final[0], final[1])
+
+
+def _sample_block_cached(decode_fn: Callable, params, canvas_BxL: Array, keys_B: Array,
+                         rows: RowSettings, sampler_index: int, cfg: SamplerConfig,
+                         gen_start: int, attention_mask_BxL: Array | None, *, guided: bool,
+                         block: int, most_per_step: int) -> Sample:
+  """A remasking sampler with Fast-dLLM's dual cache: the first step of each block runs the
+  whole canvas and keeps every position's keys and values; its other steps run only the
+  block's tokens, which attend to those cached keys and values (their own refreshed). The
+  same steps and commits as `sample_rows`, each step costing about block / canvas of a full
+  pass, but approximate: positions outside the block keep the keys and values they had at
+  the block's start though the block's tokens changed since (exact for a one-layer model,
+  whose keys and values depend on the token alone)."""
+  fixed_BxL = canvas_BxL != cfg.mask_id
+  valid_BxL = (jnp.ones(canvas_BxL.shape, bool) if attention_mask_BxL is None
+               else attention_mask_BxL.astype(bool))
+  num_blocks = (canvas_BxL.shape[1] - gen_start) // block
+  steps_per_block = cfg.steps // num_blocks
+  commit_fn = _committers(rows, cfg, gen_start, most_per_step)[sampler_index]
+  cfg_scale_B = rows.cfg_scale if guided else None
+
+  def one_block(b, carry):
+    lo = gen_start + b * block
+    positions_W = lo + jnp.arange(block)
+    window = lambda a: jax.lax.dynamic_slice_in_dim(a, lo, block, axis=1)
+
+    def step(i, carry, logits_BxWxV):
+      x, commit, block_masks_B = carry
+      x_W, commit_now, block_masks_B = _denoise(i, window(x), logits_BxWxV, positions_W,
+                                                block_masks_B, keys_B, rows, cfg, commit_fn)
+      commit_W = jnp.where(commit_now, i, window(commit))
+      return (jax.lax.dynamic_update_slice_in_dim(x, x_W, lo, axis=1),
+              jax.lax.dynamic_update_slice_in_dim(commit, commit_W, lo, axis=1),
+              block_masks_B)
+
+    def refresh(tokens):  # the whole canvas: logits of the block, every key and value
+      logits, cache = decode_fn(params, tokens, None, 0, _rows_for(valid_BxL, tokens))
+      return window(logits), cache
+
+    logits, cache = _guided(refresh, carry[0], fixed_BxL, cfg.mask_id, cfg_scale_B)
+    first = b * steps_per_block
+    carry = step(first, carry, logits)
+
+    def cached_step(j, carry_and_cache):
+      carry, cache = carry_and_cache
+      net = lambda tokens: decode_fn(params, tokens, cache, lo, _rows_for(valid_BxL, tokens))
+      logits, cache = _guided(net, window(carry[0]), window(fixed_BxL), cfg.mask_id,
+                              cfg_scale_B)
+      return step(first + j, carry, logits), cache
+
+    return jax.lax.fori_loop(1, steps_per_block, cached_step, (carry, cache))[0]
+
+  final = jax.lax.fori_loop(0, num_blocks, one_block, _start(canvas_BxL, rows, cfg))
   return Sample(final[0], final[1])
 
 

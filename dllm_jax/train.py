@@ -319,7 +319,7 @@ def _eval_key(config) -> jax.Array:
   return jax.random.key(config.seed + 1)
 
 
-def _streams(config, tokenizer, roles) -> dict:
+def token_streams(config, tokenizer, roles) -> dict:
   """This process's cached token streams of the train and/or eval splits."""
   pidx, pcount = jax.process_index(), jax.process_count()
   sources = data_lib.open_sources(
@@ -347,7 +347,7 @@ def _data(config, tokenizer, with_train: bool = True):
         splits['eval'], tokenizer, template, seq_len=d.seq_len, batch_size=local_batch,
         num_batches=t.eval_batches, process_index=pidx, process_count=pcount)
     return train_iter or None, eval_data
-  streams = _streams(config, tokenizer, ('train', 'eval') if with_train else ('eval',))
+  streams = token_streams(config, tokenizer, ('train', 'eval') if with_train else ('eval',))
   train_iter = with_train and data_lib.train_iterator(
       streams['train'], tokenizer, seq_len=d.seq_len, batch_size=local_batch,
       seed=d.shuffle_seed)

@@ -14,6 +14,7 @@ import pytest
 
 from conftest import REPO
 from dllm_jax import benchmark
+from dllm_jax import train
 from dllm_jax.benchmarks import reversal, sample_speed
 
 
@@ -90,6 +91,19 @@ def test_sample_speed_loop_and_sampler_agree_over_blocks_and_rows(tiny_config):
   assert row['speedup_bound'] == pytest.approx(row['loop_s'] / row['forwards_s'])
   assert row['roofline_step_s'] == pytest.approx(2 * row['params_millions'] * 1e6 * 3 * 21
                                                  / 1e12)
+
+
+def test_sample_speed_on_a_trained_run_with_an_exact_one_layer_cache(tiny_config, tmp_path):
+  """With --workdir the run's checkpoint and validation text are used; a one-layer model's
+  block cache is exact, so the cached sampler must agree with the plain one everywhere."""
+  tiny_config.model.n_layers = 1
+  tiny_config.train.update(num_steps=2, checkpoint_every=2, eval_every=2, progress_bar=False)
+  tiny_config.sampling.num_samples = 0
+  train.train_and_evaluate(tiny_config, str(tmp_path))
+  row = sample_speed.benchmark(tiny_config, batch_size=2, gen_length=16, steps=8,
+                               block_length=4, prompt_len=5, repeats=1, peak_flops=1e12,
+                               workdir=str(tmp_path))
+  assert row['cached_agreement'] == 1.0 and row['cached_speedup'] > 0
 
 
 def test_forward_passes_makes_every_pass_and_nothing_else():

@@ -50,12 +50,13 @@ def test_generate_from_python(trained):
     assert sorted(set(completion.commit_step.tolist())) == list(range(8))
 
 
-def test_left_padding_does_not_change_a_completion(trained):
+@pytest.mark.parametrize('block_cache', [False, True])
+def test_left_padding_does_not_change_a_completion(trained, block_cache):
   """Rotary attention is relative and pads are masked out, so padding a prompt is a no-op."""
   model = generate.load(workdir=trained[0])
-  alone = generate.generate(model, ['x = 1'], gen_length=8, steps=8, block_length=8)
-  padded = generate.generate(model, ['x = 1', 'a much longer prompt'], gen_length=8, steps=8,
-                             block_length=8)
+  settings = dict(gen_length=8, steps=8, block_length=4, block_cache=block_cache)
+  alone = generate.generate(model, ['x = 1'], **settings)
+  padded = generate.generate(model, ['x = 1', 'a much longer prompt'], **settings)
   np.testing.assert_array_equal(alone[0].tokens, padded[0].tokens)
 
 
@@ -96,12 +97,16 @@ def test_cli_prints_completions_and_steps(trained):
                  '--show_steps')
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.count('=== sample') == 2 and proc.stdout.count('--- step') == 4
+  cached = run_cli('dllm_jax.generate', f'--workdir={trained[0]}', '--prompt=def f(x):',
+                   '--gen_length=8', '--steps=4', '--block_length=4', '--block_cache')
+  assert cached.returncode == 0 and cached.stdout.count('=== sample') == 1, cached.stderr[-2000:]
 
 
 @pytest.mark.parametrize('args, message', [
     (['--gen_length=10', '--block_length=4'], 'block_length: 4 must divide gen_length=10'),
     (['--steps=0'], 'steps: must be >= 1'),
     (['--gen_length=8', '--block_length=4', '--steps=3'], 'steps: 3 must be a multiple'),
+    (['--block_cache', '--sampler=ancestral'], 'block_cache: needs a remasking sampler'),
 ])
 def test_cli_bad_settings_are_one_line_errors(trained, args, message):
   proc = run_cli('dllm_jax.generate', f'--workdir={trained[0]}', '--prompt=x', *args)

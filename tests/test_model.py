@@ -107,6 +107,32 @@ def test_grouped_query_attention_equals_repeated_heads(params):
                              model_lib.apply(mha, dict(params, blocks=blocks), x), atol=1e-5)
 
 
+def test_bidirectional_decode_against_a_cache_equals_the_full_pass(params):
+  """What the samplers' block cache relies on: one cached pass over the canvas gives the
+  plain forward pass and every key and value; the tokens of a block, run alone against that
+  cache, get the logits the full pass gives them."""
+  x, valid = tokens(), jnp.arange(L)[None, :].repeat(B, 0) >= 2
+  decode_fn = model_lib.make_decode_fn(model_lib.abstract_model(CFG)[0])
+  full = model_lib.apply(CFG, params, x, valid)
+  logits, cache = decode_fn(params, x, None, 0, valid)
+  np.testing.assert_allclose(logits, full, atol=1e-5)
+  block, _ = decode_fn(params, x[:, 4:8], cache, 4, valid)
+  np.testing.assert_allclose(block, full[:, 4:8], atol=1e-5)
+  # A new token in the block: with one layer (keys and values depend on the token alone)
+  # the block's logits are exact; with more, the other positions' cached keys and values
+  # are stale, so they are only close.
+  changed = x.at[:, 5].set((x[:, 5] + 1) % CFG.vocab_size)
+  for n_layers, exact_too in ((1, True), (2, False)):
+    cfg = dataclasses.replace(CFG, n_layers=n_layers)
+    p = dict(params, blocks=jax.tree.map(lambda a: a[:n_layers], params['blocks']))
+    decode_fn = model_lib.make_decode_fn(model_lib.abstract_model(cfg)[0])
+    _, cache = decode_fn(p, x, None, 0, valid)
+    block, _ = decode_fn(p, changed[:, 4:8], cache, 4, valid)
+    exact = model_lib.apply(cfg, p, changed, valid)[:, 4:8]
+    assert not np.allclose(block, model_lib.apply(cfg, p, x, valid)[:, 4:8], atol=1e-3)
+    assert np.allclose(block, exact, atol=1e-5) == exact_too
+
+
 def test_bfloat16_compute_is_close_to_float32(params):
   x = tokens()
   bf16 = dataclasses.replace(CFG, dtype='bfloat16')

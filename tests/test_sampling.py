@@ -1,5 +1,6 @@
 """Fixed-cost samplers and the Monte Carlo conditional likelihood."""
 
+import dataclasses
 import itertools
 import math
 
@@ -17,7 +18,7 @@ from dllm_jax.config import base_config
 V, MASK, EOS = 32, 30, 29  # data ids 0..30 (30 is the mask), 2 padded logits
 CFG = model_lib.ModelConfig(vocab_size=V + 2, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
                             head_dim=8, mlp_dim=64)
-sample_jit = jax.jit(sampling.sample, static_argnums=(0, 4, 5))
+sample_jit = jax.jit(sampling.sample, static_argnums=(0, 4, 5), static_argnames='decode_fn')
 
 
 @pytest.fixture(scope='module')
@@ -214,8 +215,8 @@ def test_guidance_combines_conditional_and_prompt_masked_passes():
     return jnp.zeros(tokens.shape + (V,)).at[:, :, 0].set(count[:, None])
 
   canvas = prompt_canvas(batch=1, prompt_len=5, gen_length=3)
-  logits = sampling._guided_logits(fake, None, canvas, canvas != MASK, None, MASK,
-                                   jnp.array([2.0]))
+  logits, _ = sampling._guided(lambda tokens: (fake(None, tokens), None), canvas,
+                               canvas != MASK, MASK, jnp.array([2.0]))
   cond, uncond = 5.0, 0.0
   np.testing.assert_allclose(logits[0, :, 0], uncond + 3.0 * (cond - uncond))
   assert np.all(np.asarray(seen[0][1]) == MASK)
@@ -237,6 +238,67 @@ def test_ancestral_unmasks_at_the_schedule_rate():
                         settings(sampler='ancestral', steps=steps, temperature=1.0), 0)
   per_step = np.bincount(np.asarray(out.commit_step).ravel(), minlength=steps) / n
   np.testing.assert_allclose(per_step, 1 / steps, atol=0.03)
+
+
+def one_layer():
+  cfg = dataclasses.replace(CFG, n_layers=1)
+  params = model_lib.init_params(cfg, jax.random.key(0))
+  params['lm_head'] = params['lm_head'] * 50.0
+  graphdef = model_lib.abstract_model(cfg)[0]
+  return model_lib.make_logits_fn(graphdef), model_lib.make_decode_fn(graphdef), params
+
+
+@pytest.mark.parametrize('kw', [dict(), dict(sampler='margin', cfg_scale=1.5),
+                                dict(sampler='entropy', top_k=5)])
+def test_block_cache_is_exact_for_one_layer(kw):
+  """A one-layer model's keys and values depend on each token alone, so reusing those of
+  the positions outside the block loses nothing: the same tokens, step for step."""
+  logits_fn, decode_fn, params = one_layer()
+  canvas = prompt_canvas(batch=3, prompt_len=5, gen_length=16)
+  valid = jnp.ones(canvas.shape, bool).at[0, :2].set(False)  # a left-padded prompt
+  cfg = settings(steps=8, block_length=4, **kw)
+  exact = sample_jit(logits_fn, params, canvas, jax.random.key(0), cfg, 5, valid)
+  cached = sample_jit(logits_fn, params, canvas, jax.random.key(0),
+                      dataclasses.replace(cfg, block_cache=True), 5, valid, decode_fn=decode_fn)
+  np.testing.assert_array_equal(cached.tokens, exact.tokens)
+  np.testing.assert_array_equal(cached.commit_step, exact.commit_step)
+
+
+@pytest.mark.parametrize('cfg_scale', [0.0, 1.5])
+def test_block_cache_runs_the_canvas_once_per_block_then_the_block(tiny, cfg_scale):
+  _, params = tiny
+  decode_fn = model_lib.make_decode_fn(model_lib.abstract_model(CFG)[0])
+  log = []
+
+  def recording_decode(params, tokens, cache, start, valid):
+    jax.debug.callback(lambda t: log.append(np.asarray(t)), tokens, ordered=True)
+    return decode_fn(params, tokens, cache, start, valid)
+
+  canvas = prompt_canvas(gen_length=16)
+  steps, block = 12, 4  # 4 blocks, 3 steps each
+  out = sample_jit(None, params, canvas, jax.random.key(0),
+                   settings(steps=steps, block_length=block, temperature=1.0,
+                            cfg_scale=cfg_scale, block_cache=True), 5,
+                   decode_fn=recording_decode)
+  rows = 4 if cfg_scale else 2
+  assert [t.shape for t in log] == [(rows, 21), (rows, block), (rows, block)] * 4
+  frames = [t[:2] for t in log[::3]] + [np.asarray(out.tokens)]
+  for before, after in zip(frames, frames[1:]):  # nothing committed or given ever changes
+    kept = before != MASK
+    np.testing.assert_array_equal(after[kept], before[kept])
+  commit = np.asarray(out.commit_step)
+  for b in range(4):  # 4 masks in 3 steps: 2, 1, 1, each in its own block
+    region = commit[:, 5 + b * block:5 + (b + 1) * block]
+    assert sorted(region[0].tolist()) == [3 * b, 3 * b, 3 * b + 1, 3 * b + 2], region
+
+
+def test_block_cache_needs_a_remasking_sampler_and_the_decode_fn(tiny):
+  logits_fn, params = tiny
+  with pytest.raises(sampling.SamplingError, match='block_cache: needs a remasking sampler'):
+    sampling.validate(settings(sampler='ancestral', block_cache=True), 21, 5)
+  with pytest.raises(sampling.SamplingError, match='block_cache: needs the network'):
+    sampling.sample(logits_fn, params, prompt_canvas(), jax.random.key(0),
+                    settings(steps=4, block_length=8, block_cache=True), 5)
 
 
 @pytest.mark.parametrize('kwargs, canvas_len, gen_start, message', [

@@ -3,8 +3,7 @@ r"""Sampling speed: the jitted `lax.scan` sampler against a per-step Python loop
   python -m dllm_jax.benchmarks.sample_speed --config=configs/llada_small.py:tiny
 
 For batch 1 and 16, generates --gen_length tokens in --steps steps (low-confidence
-remasking, temperature 0, blocks of --block_length) after a short prompt, with randomly
-initialised weights of the config's model (speed does not depend on the weights), three ways
+remasking, temperature 0, blocks of --block_length) after a --prompt_len prompt, four ways
 in the same process, timed in interleaved rounds (one run of each per round):
 
 - `jitted`: `sampling.sample` compiled once; the whole denoising loop is one XLA program.
@@ -14,17 +13,26 @@ in the same process, timed in interleaved rounds (one run of each per round):
 - `forwards`: the same number of forward passes in one compiled loop with no remasking
   at all. No sampler that makes these forward passes can take less, so `loop_s /
   forwards_s` bounds the speedup any of them could reach over the loop on this machine.
+- `cached`: `jitted` with `block_cache` (Fast-dLLM's dual cache): the same steps, all but
+  the first of each block on the block's tokens alone. Approximate: `cached_agreement` is
+  the fraction of generated tokens equal to `jitted`'s.
+
+By default the weights are randomly initialised (speed does not depend on them) and the
+prompts random printable bytes; with --workdir, the latest checkpoint of that training run
+is used, prompted with validation text of --config, so that `cached_agreement` says what
+the cache changes in a trained model's output.
 
 `jitted` and `loop` run the same algorithm: in float32 on a CPU they must produce the same
 tokens (checked); elsewhere (bfloat16, GPU kernels) the forward inside the compiled loop may
 round differently from the standalone one and flip near-ties of random weights, so the
-fraction of agreeing tokens is reported instead. Prints one JSON line per batch size:
-tokens/s, the speedup and its bound (medians over --repeats rounds after a warm-up; compile
-time excluded), and the per-step latency against the compute roofline, 2 x parameters x
-canvas tokens FLOPs per step at the device's peak (`metrics.PEAK_FLOPS`; on a CPU, this
-machine's measured float32 matmul throughput).
+fraction of agreeing generated tokens is reported instead. Prints one JSON line per batch
+size: tokens/s, the speedups and the bound (medians over --repeats rounds after a warm-up;
+compile time excluded), and the per-step latency against the compute roofline, 2 x
+parameters x canvas tokens FLOPs per step at the device's peak (`metrics.PEAK_FLOPS`; on a
+CPU, this machine's measured float32 matmul throughput).
 """
 
+import dataclasses
 import json
 import statistics
 import time
@@ -36,6 +44,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from dllm_jax import data as data_lib
+from dllm_jax import generate
 from dllm_jax import metrics as metrics_lib
 from dllm_jax import model as model_lib
 from dllm_jax import sampling
@@ -48,6 +57,9 @@ _BLOCK_LENGTH = flags.DEFINE_integer('block_length', 32, 'Semi-autoregressive bl
 _PROMPT_LEN = flags.DEFINE_integer('prompt_len', 16, 'Prompt tokens.')
 _BATCHES = flags.DEFINE_list('batch_sizes', ['1', '16'], 'Batch sizes to time.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed rounds (one run of each method each).')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'A training run whose latest checkpoint to '
+                               'use (prompted with validation text of --config) instead of '
+                               'random weights.')
 
 
 def loop_sample(forward, params, canvas, cfg: sampling.SamplerConfig, prompt_len: int):
@@ -105,20 +117,38 @@ def interleaved_medians(methods: dict, repeats: int) -> tuple[dict, dict]:
   return {name: statistics.median(t) for name, t in times.items()}, outputs
 
 
-def benchmark(config, batch_size: int, gen_length: int, steps: int, block_length: int,
-              prompt_len: int, repeats: int, peak_flops: float | None = None) -> dict:
-  """One JSON-able row; `peak_flops` defaults to the device's (see the module docstring)."""
+def _weights_and_prompts(config, workdir: str | None, batch_size: int, prompt_len: int):
+  """(model config, params, tokenizer, prompts [B, prompt_len]): random weights and bytes,
+  or a trained run's checkpoint and validation text."""
+  rng = np.random.default_rng(0)
   tokenizer = data_lib.make_tokenizer(config.data.tokenizer)
-  model_config = model_lib.ModelConfig.from_config(config.model,
-                                                   train.vocab_size_for(config, tokenizer))
-  params = model_lib.init_params(model_config, jax.random.key(0))
-  logits_fn = model_lib.make_logits_fn(model_lib.abstract_model(model_config)[0])
+  if not workdir:
+    model_config = model_lib.ModelConfig.from_config(config.model,
+                                                     train.vocab_size_for(config, tokenizer))
+    return (model_config, model_lib.init_params(model_config, jax.random.key(0)), tokenizer,
+            rng.integers(32, 127, (batch_size, prompt_len)))
+  model = generate.load(workdir)
+  stream = train.token_streams(config, model.tokenizer, ('eval',))['eval']
+  starts = rng.integers(0, len(stream) - prompt_len, batch_size)
+  return (model.config, model.params, model.tokenizer,
+          np.stack([stream[s:s + prompt_len] for s in starts]))
+
+
+def benchmark(config, batch_size: int, gen_length: int, steps: int, block_length: int,
+              prompt_len: int, repeats: int, peak_flops: float | None = None,
+              workdir: str | None = None) -> dict:
+  """One JSON-able row; `peak_flops` defaults to the device's (see the module docstring)."""
+  model_config, params, tokenizer, prompt = _weights_and_prompts(config, workdir, batch_size,
+                                                                 prompt_len)
+  graphdef = model_lib.abstract_model(model_config)[0]
+  logits_fn = model_lib.make_logits_fn(graphdef)
+  decode_fn = model_lib.make_decode_fn(graphdef)
   cfg = sampling.SamplerConfig(mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size,
                                eos_id=tokenizer.eos_id, steps=steps, block_length=block_length)
-  prompt = np.random.default_rng(0).integers(32, 127, (batch_size, prompt_len))
+  cached_cfg = dataclasses.replace(cfg, block_cache=True)
   canvas = np.concatenate([prompt, np.full((batch_size, gen_length), tokenizer.mask_id)], 1)
   canvas = jnp.asarray(canvas, jnp.int32)
-  jitted = jax.jit(sampling.sample, static_argnums=(0, 4, 5))
+  jitted = jax.jit(sampling.sample, static_argnums=(0, 4, 5), static_argnames='decode_fn')
   forward = jax.jit(lambda p, x: logits_fn(p, x))
   forwards = jax.jit(forward_passes, static_argnums=(0, 3))
   methods = {
@@ -126,9 +156,12 @@ def benchmark(config, batch_size: int, gen_length: int, steps: int, block_length
                                prompt_len).tokens,
       'loop': lambda: loop_sample(forward, params, canvas, cfg, prompt_len),
       'forwards': lambda: forwards(logits_fn, params, canvas, steps),
+      'cached': lambda: jitted(logits_fn, params, canvas, jax.random.key(0), cached_cfg,
+                               prompt_len, decode_fn=decode_fn).tokens,
   }
   seconds, outputs = interleaved_medians(methods, repeats)
-  agreement = float(np.mean(np.asarray(outputs['jitted']) == np.asarray(outputs['loop'])))
+  generated = {name: np.asarray(out)[:, prompt_len:] for name, out in outputs.items()}
+  agreement = float(np.mean(generated['jitted'] == generated['loop']))
   if agreement < 1 and model_config.dtype == 'float32' and jax.default_backend() == 'cpu':
     raise AssertionError(f'the jitted sampler and the loop disagree on {1 - agreement:.1%} '
                          'of the tokens')
@@ -144,6 +177,9 @@ def benchmark(config, batch_size: int, gen_length: int, steps: int, block_length
           'loop_tokens_per_sec': tokens / seconds['loop'],
           'speedup': seconds['loop'] / seconds['jitted'],
           'speedup_bound': seconds['loop'] / seconds['forwards'],
+          'cached_tokens_per_sec': tokens / seconds['cached'],
+          'cached_speedup': seconds['loop'] / seconds['cached'],
+          'cached_agreement': float(np.mean(generated['cached'] == generated['jitted'])),
           'step_latency_s': seconds['jitted'] / steps,
           'forward_latency_s': seconds['forwards'] / steps,
           'roofline_step_s': roofline_step_s, 'peak_tflops': peak / 1e12,
@@ -154,7 +190,8 @@ def main(argv):
   del argv
   for batch_size in _BATCHES.value:
     print(json.dumps(benchmark(_CONFIG.value, int(batch_size), _GEN_LENGTH.value, _STEPS.value,
-                               _BLOCK_LENGTH.value, _PROMPT_LEN.value, _REPEATS.value)),
+                               _BLOCK_LENGTH.value, _PROMPT_LEN.value, _REPEATS.value,
+                               workdir=_WORKDIR.value)),
           flush=True)
 
 
