@@ -17,6 +17,12 @@ or once per shape (`sample_rows`).
   0) with the highest confidence, which is the probability of the drawn token, the top-1
   minus top-2 probability, the negative entropy, or uniform noise.
 
+With `block_cache` (Fast-dLLM's dual cache), a remasking sampler makes the same steps but
+runs the whole canvas only at the first step of each block, keeping every position's keys
+and values; the block's other steps run its own tokens alone against them. Faster by about
+canvas / block per step, and approximate: the positions outside the block keep the keys
+and values they had when the block began.
+
 `sample` runs one setting for the whole batch. `sample_rows` is the same sampler with a
 key and settings per row and the sampler chosen at run time: the server batches unrelated
 requests through it without compiling anything new. The network is only seen through
