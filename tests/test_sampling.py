@@ -157,20 +157,23 @@ def test_matches_a_python_loop_reference_token_for_token(tiny):
   np.testing.assert_array_equal(out.tokens, python_loop_reference(logits_fn, params, canvas))
 
 
-def test_sharded_sampling_matches_unsharded(tiny):
+@pytest.mark.parametrize('block_cache', [False, True])
+def test_sharded_sampling_matches_unsharded(tiny, block_cache):
   logits_fn, params = tiny
+  graphdef, abstract, axes = model_lib.abstract_model(CFG)
+  decode_fn = model_lib.make_decode_fn(graphdef)
   config = base_config()
   config.mesh.update(data=2, fsdp=2, tensor=2)
   mesh = sharding.make_mesh(config.mesh)
   canvas = prompt_canvas(batch=4)
-  cfg = settings(steps=8, block_length=8)
-  expected = sample_jit(logits_fn, params, canvas, jax.random.key(0), cfg, 5).tokens
-  _, abstract, axes = model_lib.abstract_model(CFG)
+  cfg = settings(steps=8, block_length=8, block_cache=block_cache)
+  run = lambda params: jax.jit(sampling.sample, static_argnums=(0, 4, 5),
+                               static_argnames='decode_fn')(
+      logits_fn, params, canvas, jax.random.key(0), cfg, 5, decode_fn=decode_fn).tokens
+  expected = run(params)
   with sharding.use_mesh(mesh, config.logical_axis_rules):
-    sharded = jax.device_put(params, sharding.tree_shardings(mesh, config.logical_axis_rules,
-                                                             axes, abstract))
-    got = jax.jit(sampling.sample, static_argnums=(0, 4, 5))(
-        logits_fn, sharded, canvas, jax.random.key(0), cfg, 5).tokens
+    got = run(jax.device_put(params, sharding.tree_shardings(mesh, config.logical_axis_rules,
+                                                             axes, abstract)))
   np.testing.assert_array_equal(got, expected)
 
 
