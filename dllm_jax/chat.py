@@ -30,6 +30,8 @@ def define_flags():
   flags.DEFINE_integer('block_length', 32, 'Semi-autoregressive block length.')
   flags.DEFINE_float('temperature', 0.0, '0 decodes greedily.')
   flags.DEFINE_float('cfg_scale', 0.0, 'Classifier-free guidance weight.')
+  flags.DEFINE_bool('block_cache', False, 'Reuse the keys and values outside the current '
+                    'block for its steps (Fast-dLLM\'s dual cache): faster, approximate.')
   flags.DEFINE_integer('seed', 0, 'Random seed.')
   flags.DEFINE_string('mesh', '', 'Shard the model over DATAxFSDPxTENSOR devices, e.g. 1x4x2.')
 
@@ -55,7 +57,8 @@ def main(argv):
   cli.quiet_library_logs()
   f = flags.FLAGS
   settings = dict(gen_length=f.gen_length, steps=f.steps, block_length=f.block_length,
-                  temperature=f.temperature, cfg_scale=f.cfg_scale, seed=f.seed)
+                  temperature=f.temperature, cfg_scale=f.cfg_scale, seed=f.seed,
+                  block_cache=f.block_cache)
   try:
     model, template = load_for_chat(f.checkpoint, f.hf_dir, generate.parse_mesh(f.mesh))
     messages = []

@@ -159,6 +159,9 @@ def test_logits_match_an_independent_numpy_forward(which, request, tmp_path):
   ours = model.logits_fn(model.params, jnp.asarray(tokens), jnp.asarray(mask))
   expected = numpy_forward(w, cfg, tokens, mask)
   assert np.max(np.abs(np.asarray(ours)[mask] - expected[mask])) < 1e-4
+  # The block cache's full pass (keys and values kept) is the same forward.
+  cached, _ = model.decode_fn(model.params, jnp.asarray(tokens), None, 0, jnp.asarray(mask))
+  assert np.max(np.abs(np.asarray(cached)[mask] - expected[mask])) < 1e-4
 
 
 def test_loading_straight_from_the_hf_directory_equals_converting(hf_dir, converted):
