@@ -154,21 +154,22 @@ class Block(nnx.Module):
     q_BxLxNxH = sharding.constrain(apply_rope(q_BxLxNxH, cos_LxH, sin_LxH), heads)
     k_BxLxKxH = sharding.constrain(apply_rope(k_BxLxKxH, cos_LxH, sin_LxH), heads)
     v_BxLxKxH = sharding.constrain(v_BxLxKxH, heads)
+    k_BxSxKxH, v_BxSxKxH = k_BxLxKxH, v_BxLxKxH  # the keys and values attended to
     if kv_cache is not None:
       k_cache, v_cache, start = kv_cache
-      k_BxSxKxH = jax.lax.dynamic_update_slice(k_cache, k_BxLxKxH.astype(k_cache.dtype),
-                                               (0, start, 0, 0))
-      v_BxSxKxH = jax.lax.dynamic_update_slice(v_cache, v_BxLxKxH.astype(v_cache.dtype),
-                                               (0, start, 0, 0))
-      k_BxLxKxH, v_BxLxKxH = k_BxSxKxH.astype(dt), v_BxSxKxH.astype(dt)
+      k_cache = jax.lax.dynamic_update_slice(k_cache, k_BxLxKxH.astype(k_cache.dtype),
+                                             (0, start, 0, 0))
+      v_cache = jax.lax.dynamic_update_slice(v_cache, v_BxLxKxH.astype(v_cache.dtype),
+                                             (0, start, 0, 0))
+      k_BxSxKxH, v_BxSxKxH = k_cache.astype(dt), v_cache.astype(dt)
     if cfg.attention_impl == 'xla' and cfg.n_kv_heads < cfg.n_heads:
       # XLA runs grouped heads as a 5-D batched matmul, about half as fast on CPU as the
       # plain per-head one; repeating the few key/value heads costs less than that.
       groups = cfg.n_heads // cfg.n_kv_heads
-      k_BxLxKxH = jnp.repeat(k_BxLxKxH, groups, axis=2)
-      v_BxLxKxH = jnp.repeat(v_BxLxKxH, groups, axis=2)
+      k_BxSxKxH = jnp.repeat(k_BxSxKxH, groups, axis=2)
+      v_BxSxKxH = jnp.repeat(v_BxSxKxH, groups, axis=2)
     o_BxLxNxH = jax.nn.dot_product_attention(
-        q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, mask=mask_Bx1xLxS,
+        q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask_Bx1xLxS,
         is_causal=cfg.causal and kv_cache is None, implementation=cfg.attention_impl)
     x_BxLxD = x_BxLxD + jnp.einsum('blnh,nhd->bld', o_BxLxNxH, w(self.attn_out))
     x_BxLxD = sharding.constrain(x_BxLxD, BATCH_LENGTH_EMBED)
@@ -180,7 +181,7 @@ class Block(nnx.Module):
                                    ('activation_batch', 'activation_length', 'activation_mlp'))
     x_BxLxD = x_BxLxD + jnp.einsum('blf,fd->bld', act_BxLxF, w(self.ff_out))
     x_BxLxD = sharding.constrain(x_BxLxD, BATCH_LENGTH_EMBED)
-    return x_BxLxD if kv_cache is None else (x_BxLxD, (k_BxSxKxH, v_BxSxKxH))
+    return x_BxLxD if kv_cache is None else (x_BxLxD, (k_cache, v_cache))
 
 
 class Transformer(nnx.Module):
