@@ -335,6 +335,9 @@ def main(argv):
       raise sampling.SamplingError(f'num_samples: must be >= 1, got {f.num_samples}.')
     if f.infill and f.prompt:
       raise sampling.SamplingError('give --prompt (to continue) or --infill (to fill), not both.')
+    if f.infill and f.block_cache:
+      raise sampling.SamplingError('block_cache: --infill fills one block, the whole canvas, '
+                                   'so there is nothing outside it to cache.')
     model = load(f.workdir, f.checkpoint, f.use_ema, mesh_shape=parse_mesh(f.mesh))
     if f.infill:
       steps = f.steps if f['steps'].present else 0  # 0: one per mask

@@ -256,10 +256,9 @@ class Transformer(nnx.Module):
     cos_SxH, sin_SxH = rope_tables(s, cfg.head_dim, cfg.rope_theta)
     cos_TxH = jax.lax.dynamic_slice_in_dim(cos_SxH, start, t)
     sin_TxH = jax.lax.dynamic_slice_in_dim(sin_SxH, start, t)
-    mask = jnp.broadcast_to(key_valid_BxS.astype(bool)[:, None, None, :],
-                            (tokens_BxT.shape[0], 1, t, s))
+    mask = key_valid_BxS.astype(bool)[:, None, None, :]
     if cfg.causal:
-      mask &= (jnp.arange(s)[None, :] <= start + jnp.arange(t)[:, None])[None, None]
+      mask = mask & (jnp.arange(s)[None, :] <= start + jnp.arange(t)[:, None])[None, None]
     graphdef, layers = nnx.split(self.blocks)
 
     def layer(x, layer_and_cache):

@@ -211,11 +211,9 @@ def _guided(net: Callable, x_BxT: Array, fixed_BxT: Array, mask_id: int,
   return uncond + (cfg_scale_B[:, None, None] + 1.0) * (cond - uncond), aux
 
 
-def _rows_for(a_BxL: Array | None, tokens: Array) -> Array | None:
-  """Per-row `a_BxL` repeated for a batch doubled by guidance."""
-  if a_BxL is None:
-    return None
-  return jnp.concatenate([a_BxL] * (tokens.shape[0] // a_BxL.shape[0]), axis=0)
+def _for_call(a_BxL: Array | None, guided: bool) -> Array | None:
+  """Per-row `a_BxL` for the rows of a model call: twice over with guidance."""
+  return jnp.concatenate([a_BxL] * 2, axis=0) if guided and a_BxL is not None else a_BxL
 
 
 def time_grid(u: Array, kind: str) -> Array:
@@ -326,7 +324,8 @@ def sample_rows(logits_fn: Callable, params, canvas_BxL: Array, keys_B: Array,
   positions_L = jnp.arange(canvas_BxL.shape[1])
   branches = _committers(rows, cfg, gen_start, most_per_step or canvas_BxL.shape[1])
   commit_fn = lambda *args: jax.lax.switch(sampler_index, branches, *args)
-  net = lambda tokens: (logits_fn(params, tokens, _rows_for(attention_mask_BxL, tokens)), None)
+  mask = _for_call(attention_mask_BxL, guided)
+  net = lambda tokens: (logits_fn(params, tokens, mask), None)
 
   def step(i, carry):
     x, commit, block_masks_B = carry
@@ -354,8 +353,8 @@ def _sample_block_cached(decode_fn: Callable, params, canvas_BxL: Array, keys_B:
   the block's start though the block's tokens changed since (exact for a one-layer model,
   whose keys and values depend on the token alone)."""
   fixed_BxL = canvas_BxL != cfg.mask_id
-  valid_BxL = (jnp.ones(canvas_BxL.shape, bool) if attention_mask_BxL is None
-               else attention_mask_BxL.astype(bool))
+  valid = _for_call(jnp.ones(canvas_BxL.shape, bool) if attention_mask_BxL is None
+                    else attention_mask_BxL.astype(bool), guided)
   num_blocks = (canvas_BxL.shape[1] - gen_start) // block
   steps_per_block = cfg.steps // num_blocks
   commit_fn = _committers(rows, cfg, gen_start, most_per_step)[sampler_index]
@@ -365,6 +364,7 @@ def _sample_block_cached(decode_fn: Callable, params, canvas_BxL: Array, keys_B:
     lo = gen_start + b * block
     positions_W = lo + jnp.arange(block)
     window = lambda a: jax.lax.dynamic_slice_in_dim(a, lo, block, axis=1)
+    fixed_BxW = window(fixed_BxL)
 
     def step(i, carry, logits_BxWxV):
       x, commit, block_masks_B = carry
@@ -376,7 +376,7 @@ def _sample_block_cached(decode_fn: Callable, params, canvas_BxL: Array, keys_B:
               block_masks_B)
 
     def refresh(tokens):  # the whole canvas: logits of the block, every key and value
-      logits, cache = decode_fn(params, tokens, None, 0, _rows_for(valid_BxL, tokens))
+      logits, cache = decode_fn(params, tokens, None, 0, valid)
       return window(logits), cache
 
     logits, cache = _guided(refresh, carry[0], fixed_BxL, cfg.mask_id, cfg_scale_B)
@@ -385,9 +385,8 @@ def _sample_block_cached(decode_fn: Callable, params, canvas_BxL: Array, keys_B:
 
     def cached_step(j, carry_and_cache):
       carry, cache = carry_and_cache
-      net = lambda tokens: decode_fn(params, tokens, cache, lo, _rows_for(valid_BxL, tokens))
-      logits, cache = _guided(net, window(carry[0]), window(fixed_BxL), cfg.mask_id,
-                              cfg_scale_B)
+      net = lambda tokens: decode_fn(params, tokens, cache, lo, valid)
+      logits, cache = _guided(net, window(carry[0]), fixed_BxW, cfg.mask_id, cfg_scale_B)
       return step(first + j, carry, logits), cache
 
     return jax.lax.fori_loop(1, steps_per_block, cached_step, (carry, cache))[0]

@@ -162,7 +162,8 @@ def test_cli_infills_and_shows_each_step(trained):
   for step, frame in enumerate(frames, 1):  # the whole canvas, masks left after each step
     assert frame.startswith('ab') and frame.count(generate.MASK_GLYPH) == 6 - step, frame
   for args, message in [(['--infill=ab[MASK]', '--prompt=x'], 'give --prompt'),
-                        (['--infill=no marker'], 'infill: the text has no')]:
+                        (['--infill=no marker'], 'infill: the text has no'),
+                        (['--infill=ab[MASK]', '--block_cache'], 'block_cache: --infill')]:
     proc = run_cli('dllm_jax.generate', f'--workdir={trained[0]}', *args)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith(f'error: {message}'), proc.stderr
