@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO
 from dllm_jax import benchmark
 from dllm_jax import train
-from dllm_jax.benchmarks import reversal, sample_speed
+from dllm_jax.benchmarks import accelerator, reversal, sample_speed
 
 
 def flags_for(**overrides):
@@ -138,3 +138,55 @@ def test_train_speed_reports_mfu_against_a_measured_cpu_peak():
   assert out['peak_source'] == 'measured f32 matmul'
   assert 0 < out['mfu'] < 1 and out['tokens_per_sec'] > 0
   assert out['params_millions'] == pytest.approx(0.108, abs=0.01)
+
+
+def test_accelerator_script_records_every_part_and_goes_on_after_failures(tmp_path):
+  """Every command fails at once (`false` for python): each part is still tried and recorded
+  with its status, and the script exits 1; with no time left, parts are skipped."""
+  script = os.path.join(REPO, 'experiments', 'accelerator', 'run.sh')
+  run = lambda out, **env: subprocess.run(['bash', script, '--smoke', str(out)], cwd=REPO,
+                                          capture_output=True, text=True, timeout=60,
+                                          env=dict(os.environ, PYTHON='false', **env))
+  proc = run(tmp_path / 'failing')
+  assert proc.returncode == 1, proc.stderr
+  parts = [json.loads(line) for line in (tmp_path / 'failing' / 'parts.jsonl').open()]
+  assert [p['part'] for p in parts] == ['train_llada_100m_cudnn', 'sample_llada_1b',
+                                        'sample_llada_small', 'train_llada_100m_xla']
+  assert parts[0]['status'] == 'skipped: needs an NVIDIA GPU (backend: unknown)'
+  assert all(p['status'].startswith('failed (exit 1') for p in parts[1:])
+  assert '--config=configs/llada_1b.py' in parts[1]['command']
+  text = accelerator.summarize(str(tmp_path / 'failing'))
+  assert '| sample_llada_1b | failed (exit 1; see sample_llada_1b.log) |' in text
+  proc = run(tmp_path / 'late', TOTAL_S='0')
+  parts = [json.loads(line) for line in (tmp_path / 'late' / 'parts.jsonl').open()]
+  assert [p['status'] for p in parts[1:]] == ['skipped: no time left'] * 3
+
+
+def test_accelerator_summary_tabulates_the_rows(tmp_path):
+  train_row = {'config': {'batch_size': 32, 'seq_len': 1024}, 'params_millions': 113.7,
+               'step_time_s': 0.066, 'tokens_per_sec': 496_000, 'tflops_per_device': 394.0,
+               'mfu': 0.398, 'peak_tflops_per_device': 989.0, 'peak_source': 'table',
+               'compile_s': 31.0}
+  sample_row = {'params_millions': 1028.8, 'dtype': 'bfloat16', 'batch_size': 16,
+                'step_latency_s': 0.0096, 'roofline_step_s': 0.0048,
+                'step_latency_over_roofline': 2.0, 'forward_latency_s': 0.009,
+                'jitted_tokens_per_sec': 1666, 'cached_tokens_per_sec': 4000,
+                'loop_tokens_per_sec': 1500, 'speedup': 1.11, 'cached_speedup': 2.67,
+                'cached_agreement': 0.9, 'gen_length': 128, 'canvas_length': 144, 'steps': 128,
+                'block_length': 32, 'peak_tflops': 989.0}
+  part = dict(status='ok', seconds=60, budget_s=120, command='python -m ...')
+  (tmp_path / 'env.json').write_text(json.dumps(
+      {'date': '2026-12-02', 'device_kind': 'NVIDIA H200', 'device_count': 1,
+       'peak_tflops_per_device': 989.0, 'jax': '0.10.2'}) + '\n')
+  (tmp_path / 'parts.jsonl').write_text(
+      json.dumps(dict(part, part='t', kind='train', config='llada_100m.py', attention='cudnn'))
+      + '\n' + json.dumps(dict(part, part='s', kind='sample', config='llada_1b.py',
+                               attention='xla')) + '\n')
+  (tmp_path / 't.jsonl').write_text(json.dumps(train_row) + '\n')
+  (tmp_path / 's.jsonl').write_text(json.dumps(sample_row) + '\n')
+  text = accelerator.summarize(str(tmp_path))
+  assert text.startswith('# Accelerator figures: 1 x NVIDIA H200, 2026-12-02')
+  assert ('| `llada_100m.py` | cudnn | 114M | 32 x 1024 | 66 ms | 496,000 | 394 | 39.8% of 989 '
+          '(table) | 31 s | NVIDIA H200 | 2026-12-02 |') in text
+  assert ('| `llada_1b.py` | 1.03B | bfloat16 | 16 | 9.6 ms | 4.8 ms | 2.00x | 9 ms | '
+          '1,666 | 4,000 | 1,500 | 1.11x (2.67x) | 90.0% |') in text

@@ -154,11 +154,12 @@ def iter_tensors(config: model_lib.ModelConfig,
   or stores them so (a converted checkpoint), never holding more than one on the host.
   """
   dtype = jnp.dtype(config.param_dtype)
+  # Told apart by path, not by the number of names: with one layer both have one name.
   plan = tensor_plan(config)
-  for path, names, _, fn in [p for p in plan if len(p[1]) == 1]:
+  for path, names, _, fn in [p for p in plan if p[0][0] != 'blocks']:
     yield path, _read(located, names[0], fn, dtype)
   for i in range(config.n_layers):
-    for path, names, _, fn in [p for p in plan if len(p[1]) > 1]:
+    for path, names, _, fn in [p for p in plan if p[0][0] == 'blocks']:
       yield ('layers', str(i), path[-1]), _read(located, names[i], fn, dtype)
 
 
