@@ -22,6 +22,7 @@ from dllm_jax.data.chat import ChatTemplate, ChatTemplateError
 
 def define_flags():
   """The command line; defined only when this module is the program."""
+  cli.define_compilation_cache_flag()
   flags.DEFINE_string('checkpoint', None, 'A converted model or training workdir (its latest '
                       'checkpoint), or a checkpoint path.')
   flags.DEFINE_string('hf_dir', None, 'A Hugging Face LLaDA directory, read directly.')
@@ -34,10 +35,15 @@ def define_flags():
                     'block for its steps (Fast-dLLM\'s dual cache): faster, approximate.')
   flags.DEFINE_integer('seed', 0, 'Random seed.')
   flags.DEFINE_string('mesh', '', 'Shard the model over DATAxFSDPxTENSOR devices, e.g. 1x4x2.')
+  flags.DEFINE_enum('dtype', None, ['bfloat16', 'float32'], 'Load the parameters in this dtype '
+                    'and compute in it; default: the checkpoint\'s own, bfloat16 for --hf_dir.')
 
 
-def load_for_chat(checkpoint: str | None, hf_dir: str | None, mesh_shape=None):
-  model = generate.load(checkpoint=checkpoint, hf_dir=hf_dir, mesh_shape=mesh_shape)
+def load_for_chat(checkpoint: str | None, hf_dir: str | None, mesh_shape=None,
+                  dtype: str | None = None):
+  """(model, chat template); `dtype` as in `generate.load` ('float32' for exact parity)."""
+  model = generate.load(checkpoint=checkpoint, hf_dir=hf_dir, mesh_shape=mesh_shape,
+                        dtype=dtype)
   if model.tokenizer_path == 'bytes':
     raise ChatTemplateError('this model uses the byte tokenizer, which has no chat template.')
   template = ChatTemplate(os.path.join(os.path.dirname(model.tokenizer_path),
@@ -56,11 +62,13 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   cli.quiet_library_logs()
   f = flags.FLAGS
+  cli.use_compilation_cache(f.compilation_cache)
   settings = dict(gen_length=f.gen_length, steps=f.steps, block_length=f.block_length,
                   temperature=f.temperature, cfg_scale=f.cfg_scale, seed=f.seed,
                   block_cache=f.block_cache)
   try:
-    model, template = load_for_chat(f.checkpoint, f.hf_dir, generate.parse_mesh(f.mesh))
+    model, template = load_for_chat(f.checkpoint, f.hf_dir, generate.parse_mesh(f.mesh),
+                                    f.dtype)
     messages = []
     while True:
       try:

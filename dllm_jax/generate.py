@@ -36,16 +36,12 @@ from dllm_jax import diffusion
 from dllm_jax import model as model_lib
 from dllm_jax import sampling
 from dllm_jax import sharding
-from dllm_jax.config import MESH_AXES, SAMPLERS, ConfigError, base_config
+from dllm_jax.config import DTYPES, MESH_AXES, SAMPLERS, ConfigError, base_config
 from dllm_jax.data import make_tokenizer
 
 MASK_GLYPH = '\u00b7'  # how a still-masked position looks in --show_steps
 # In an infilling text, `[MASK]` is one masked token and `[MASK:N]` is N of them.
 MASK_MARKER = re.compile(r'\[MASK(?::(\d+))?\]')
-
-# One compiled sampler per (network, settings, prompt length, shape).
-_sample = jax.jit(sampling.sample, static_argnums=(0, 4, 5), static_argnames='decode_fn')
-_decode = jax.jit(autoregressive.generate, static_argnums=(0, 1, 6))
 
 
 @dataclasses.dataclass
@@ -78,6 +74,7 @@ class Completion:
   text: str  # the generated text, cut at the first EOS (or end-of-turn)
   tokens: np.ndarray  # the generated ids, uncut
   commit_step: np.ndarray  # the step at which each generated position was committed
+  canvas: np.ndarray  # the whole row: the prompt as laid out (and filled), then `tokens`
 
 
 def _resolve(workdir: str | None, checkpoint: str | None) -> tuple[str, int | None]:
@@ -109,13 +106,19 @@ def _placement(mesh_shape, config: model_lib.ModelConfig):
 
 
 def load(workdir: str | None = None, checkpoint: str | None = None, use_ema: bool = False,
-         hf_dir: str | None = None, dtype: str = 'bfloat16',
+         hf_dir: str | None = None, dtype: str | None = None,
          mesh_shape: tuple[int, int, int] | None = None) -> Model:
   """The latest checkpoint of `workdir`, a `checkpoint` path, or a Hugging Face LLaDA
-  directory `hf_dir` read directly (in `dtype`). On one device, or with `mesh_shape`
-  (data, fsdp, tensor; one may be -1) sharded as it is read by the default logical rules."""
+  directory `hf_dir` read directly. On one device, or with `mesh_shape` (data, fsdp,
+  tensor; one may be -1) sharded as it is read by the default logical rules.
+
+  `dtype` ('bfloat16' or 'float32') sets the parameters' and activations' dtype; None keeps
+  a checkpoint's own and reads `hf_dir` in bfloat16."""
+  if dtype not in (None,) + DTYPES:
+    raise ConfigError(f'dtype: must be one of {", ".join(DTYPES)}, got {dtype!r}.')
   if hf_dir:
     from dllm_jax.convert import llada  # pylint: disable=g-import-not-at-top
+    dtype = dtype or 'bfloat16'
     config = llada.read_config(hf_dir, dtype)[0]
     mesh, rules, shardings = _placement(mesh_shape, config)
     params, config, tokenizer = llada.load_params(
@@ -130,6 +133,8 @@ def load(workdir: str | None = None, checkpoint: str | None = None, use_ema: boo
                                      f'{directory}; train first or give another path.')
     meta = checkpointer.read_meta(step)
     config = model_lib.ModelConfig(**meta['model'])
+    if dtype:  # a runtime field: the restore casts the stored parameters to it
+      config = dataclasses.replace(config, param_dtype=dtype, dtype=dtype)
     tokenizer_path = _tokenizer_path(meta['tokenizer'], directory)
     tokenizer = make_tokenizer(tokenizer_path)
     if tokenizer.mask_id != meta['mask_id']:
@@ -150,65 +155,109 @@ def generate(model: Model, prompts: list[str], **settings) -> list[Completion]:
   return generate_ids(model, [model.tokenizer.encode(p) for p in prompts], **settings)
 
 
-def generate_ids(model: Model, encoded: list[np.ndarray], *, gen_length: int = 128,
+def _prompt_rows(tokenizer, encoded, attention_mask, bos: bool) -> tuple[np.ndarray, np.ndarray]:
+  """(prompt rows [B, P], their attention mask): a list of id arrays left-padded to the
+  longest, or a pre-padded [B, P] array and its mask, checked to be padded on the left. With
+  `bos` (causal models, trained with BOS in front) each prompt starts with BOS."""
+  if attention_mask is not None or (isinstance(encoded, np.ndarray) and encoded.ndim == 2):
+    canvas = np.asarray(encoded, np.int32)
+    valid = (np.ones(canvas.shape, bool) if attention_mask is None
+             else np.asarray(attention_mask).astype(bool))
+    if canvas.ndim != 2 or valid.shape != canvas.shape:
+      raise sampling.SamplingError(f'attention_mask: shape {valid.shape} does not match the '
+                                   f'prompts\' {canvas.shape}.')
+    late = np.flatnonzero(np.any(valid[:, :-1] & ~valid[:, 1:], axis=1))
+    if len(late):
+      raise sampling.SamplingError(f'attention_mask: row {late[0]} has padding after its '
+                                   'prompt; pad on the left, where generation cannot follow it.')
+    if not bos:
+      return canvas, valid
+    encoded = [row[keep] for row, keep in zip(canvas, valid)]
+  if bos:
+    encoded = [np.concatenate([[tokenizer.bos_id], ids]) for ids in encoded]
+  prompt_len = max(len(ids) for ids in encoded)
+  canvas = np.full((len(encoded), prompt_len), tokenizer.pad_id, np.int32)
+  valid = np.zeros(canvas.shape, bool)
+  for row, ids in enumerate(encoded):
+    canvas[row, prompt_len - len(ids):] = ids
+    valid[row, prompt_len - len(ids):] = True
+  return canvas, valid
+
+
+def generate_ids(model: Model, encoded, *, attention_mask=None, gen_length: int = 128,
                  steps: int = 64, block_length: int = 32, sampler: str = 'low_confidence',
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                  cfg_scale: float = 0.0, forbid_eos: bool = False, seed: int = 0,
-                 time_grid: str = 'uniform', block_cache: bool = False) -> list[Completion]:
-  """Completes each tokenized prompt in one batch; shorter prompts are left-padded (and
-  masked out of attention), so every row's generation starts at the same position.
-  `block_cache` reuses keys and values outside the current block within it (Fast-dLLM's
-  dual cache; see `sampling.SamplerConfig`): faster, approximate.
+                 time_grid: str = 'uniform', block_cache: bool = False,
+                 fill_prompt_masks: bool = False) -> list[Completion]:
+  """Completes each tokenized prompt in one batch, every row's generation starting at the
+  same position. `encoded` is a list of id arrays (left-padded here to the longest) or, as
+  LLaDA's generate() takes it, a pre-padded [B, P] array with its `attention_mask` (True on
+  tokens, padding on the left). Each Completion's `canvas` is that prompt row followed by
+  the generated ids.
+
+  One compiled program serves every prompt length within a `sampling.bucket` (the prompts
+  are padded further on the left, out of attention: with rotary attention a no-op) and all
+  settings but guidance on/off and `block_cache`, so a chat compiles once per bucket its
+  prompts reach. `block_cache` reuses keys and values outside the current block within it
+  (Fast-dLLM's dual cache; see `sampling.SamplerConfig`): faster, approximate. A prompt
+  holding the mask token is refused unless `fill_prompt_masks`, which fills those positions
+  too, as LLaDA's generate() does.
 
   A causal (autoregressive) model decodes with its key/value cache: `temperature`, `top_k`,
   `top_p` and `forbid_eos` apply, the diffusion settings do not, and token i is "committed"
   at step i; as in its training, its input starts with BOS."""
-  tok = model.tokenizer
-  if model.config.causal:
-    encoded = [np.concatenate([[tok.bos_id], ids]).astype(np.int32) for ids in encoded]
-  prompt_len = max(len(e) for e in encoded)
+  tok, causal = model.tokenizer, model.config.causal
+  prompts, valid = _prompt_rows(tok, encoded, attention_mask, bos=causal)
+  batch, prompt_len = prompts.shape
   if gen_length < 1:
     raise sampling.SamplingError(f'gen_length: must be >= 1, got {gen_length}.')
   if prompt_len + gen_length > model.config.max_seq_len:
     raise sampling.SamplingError(
         f'the prompt ({prompt_len} tokens) and gen_length ({gen_length}) exceed the model\'s '
         f'context of {model.config.max_seq_len} tokens (model.max_seq_len).')
-  canvas = np.full((len(encoded), prompt_len), tok.pad_id, np.int32)
-  attention_mask = np.zeros(canvas.shape, bool)
-  for row, ids in enumerate(encoded):
-    canvas[row, prompt_len - len(ids):] = ids
-    attention_mask[row, prompt_len - len(ids):] = True
-  if model.config.causal:
+  masks = int(np.sum(valid & (prompts == tok.mask_id)))
+  if masks and not causal and not fill_prompt_masks:
+    raise sampling.SamplingError(
+        f'the prompt holds the mask token (id {tok.mask_id}) {masks} times; pass '
+        'fill_prompt_masks=True to fill those positions too, as LLaDA\'s generate() does, or '
+        'use infill.')
+  width = min(sampling.bucket(prompt_len), model.config.max_seq_len - gen_length)
+  pad = ((0, 0), (width - prompt_len, 0))
+  canvas = np.pad(prompts, pad, constant_values=tok.pad_id)
+  canvas_valid = np.pad(valid, pad)
+  if causal:
     cfg = autoregressive.DecodeConfig(
         mask_id=tok.mask_id, vocab_size=tok.vocab_size, eos_id=tok.eos_id,
         gen_length=gen_length, temperature=temperature, top_k=top_k, top_p=top_p,
         forbid_eos=forbid_eos)
     with model.placed():
-      generated = _decode(model.decode_fn, model.config, model.params, canvas, attention_mask,
-                          jax.random.key(seed), cfg)
-    tokens = np.concatenate([canvas, jax.device_get(generated)], axis=1)
-    commits = np.concatenate([np.full(canvas.shape, -1), np.broadcast_to(
-        np.arange(gen_length), (len(encoded), gen_length))], axis=1)
+      generated = autoregressive.generate(model.decode_fn, model.config, model.params, canvas,
+                                          canvas_valid, jax.random.key(seed), cfg)
+    generated = np.asarray(jax.device_get(generated))
+    commits = np.broadcast_to(np.arange(gen_length), generated.shape)
   else:
     cfg = sampling.SamplerConfig(
         mask_id=tok.mask_id, vocab_size=tok.vocab_size, eos_id=tok.eos_id, sampler=sampler,
         steps=steps, block_length=block_length, temperature=temperature, top_k=top_k,
         top_p=top_p, cfg_scale=cfg_scale, forbid_eos=forbid_eos, time_grid=time_grid,
-        schedule=model.diffusion_schedule, block_cache=block_cache)
-    sampling.validate(cfg, prompt_len + gen_length, prompt_len)
-    full = np.concatenate([canvas, np.full((len(encoded), gen_length), tok.mask_id, np.int32)],
-                          axis=1)
-    mask = np.concatenate([attention_mask, np.ones((len(encoded), gen_length), bool)], axis=1)
+        schedule=model.diffusion_schedule, block_cache=block_cache,
+        fill_prompt_masks=fill_prompt_masks)
+    sampling.validate(cfg, width + gen_length, width)
+    full = np.concatenate([canvas, np.full((batch, gen_length), tok.mask_id, np.int32)], 1)
+    mask = np.concatenate([canvas_valid, np.ones((batch, gen_length), bool)], axis=1)
     with model.placed():
-      out = _sample(model.logits_fn, model.params, full, jax.random.key(seed), cfg, prompt_len,
-                    None if mask.all() else mask, decode_fn=model.decode_fn)
-    tokens, commits = jax.device_get(out)
+      out = sampling.sample(model.logits_fn, model.params, full, jax.random.key(seed), cfg,
+                            width, mask, decode_fn=model.decode_fn)
+    tokens, commit_steps = jax.device_get(out)
+    prompts = tokens[:, width - prompt_len:width]  # prompt masks may have been filled
+    generated, commits = tokens[:, width:], commit_steps[:, width:]
   completions = []
-  for row in range(len(encoded)):
-    generated = tokens[row, prompt_len:]
-    stop = np.flatnonzero(np.isin(generated, tok.stop_ids))
-    text = tok.decode(generated[:stop[0]] if len(stop) else generated)
-    completions.append(Completion(text, generated, commits[row, prompt_len:]))
+  for row in range(batch):
+    stop = np.flatnonzero(np.isin(generated[row], tok.stop_ids))
+    text = tok.decode(generated[row, :stop[0]] if len(stop) else generated[row])
+    completions.append(Completion(text, generated[row], commits[row],
+                                  np.concatenate([prompts[row], generated[row]])))
   return completions
 
 
@@ -253,11 +302,15 @@ def infill(model: Model, text: str, *, num_samples: int = 1, steps: int = 0,
       top_p=top_p, cfg_scale=cfg_scale, forbid_eos=forbid_eos, time_grid=time_grid,
       schedule=model.diffusion_schedule)
   sampling.validate(cfg, len(canvas), 0)
+  # Padded on the right to a bucket, out of attention: texts of similar length share a program.
+  width = min(sampling.bucket(len(canvas)), model.config.max_seq_len)
+  padded = np.pad(canvas, (0, width - len(canvas)), constant_values=tok.pad_id)
+  valid = np.arange(width) < len(canvas)
   with model.placed():
-    out = _sample(model.logits_fn, model.params, np.tile(canvas, (num_samples, 1)),
-                  jax.random.key(seed), cfg, 0)
-  tokens, commits = jax.device_get(out)
-  return [Completion(tok.decode(t), t, c) for t, c in zip(tokens, commits)]
+    out = sampling.sample(model.logits_fn, model.params, np.tile(padded, (num_samples, 1)),
+                          jax.random.key(seed), cfg, 0, np.tile(valid, (num_samples, 1)))
+  tokens, commits = (a[:, :len(canvas)] for a in jax.device_get(out))
+  return [Completion(tok.decode(t), t, c, t) for t, c in zip(tokens, commits)]
 
 
 def parse_mesh(spec: str) -> tuple[int, int, int] | None:
@@ -297,6 +350,7 @@ def denoising_frames(tokenizer, completion: Completion, steps: int) -> list[str]
 
 def define_flags():
   """The command line; defined only when this module is the program."""
+  cli.define_compilation_cache_flag()
   flags.DEFINE_string('workdir', None, 'A training workdir: its latest checkpoint.')
   flags.DEFINE_string('checkpoint', None, 'A converted model or run directory, a checkpoints '
                       'directory (its latest step) or a step directory.')
@@ -321,6 +375,8 @@ def define_flags():
   flags.DEFINE_bool('use_ema', False, 'Sample with the EMA parameters.')
   flags.DEFINE_string('mesh', '', 'Shard the model over DATAxFSDPxTENSOR devices, e.g. 1x4x2 '
                       '(one size may be -1); empty: one device.')
+  flags.DEFINE_enum('dtype', None, list(DTYPES), 'Load the parameters in this dtype and '
+                    'compute in it; default: the checkpoint\'s own.')
 
 
 def main(argv):
@@ -328,6 +384,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   cli.quiet_library_logs()
   f = flags.FLAGS
+  cli.use_compilation_cache(f.compilation_cache)
   settings = dict(sampler=f.sampler, temperature=f.temperature, top_k=f.top_k, top_p=f.top_p,
                   cfg_scale=f.cfg_scale, forbid_eos=f.forbid_eos, seed=f.seed)
   try:
@@ -338,7 +395,8 @@ def main(argv):
     if f.infill and f.block_cache:
       raise sampling.SamplingError('block_cache: --infill fills one block, the whole canvas, '
                                    'so there is nothing outside it to cache.')
-    model = load(f.workdir, f.checkpoint, f.use_ema, mesh_shape=parse_mesh(f.mesh))
+    model = load(f.workdir, f.checkpoint, f.use_ema, dtype=f.dtype,
+                 mesh_shape=parse_mesh(f.mesh))
     if f.infill:
       steps = f.steps if f['steps'].present else 0  # 0: one per mask
       completions = infill(model, f.infill, num_samples=f.num_samples, steps=steps, **settings)

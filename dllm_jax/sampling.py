@@ -4,8 +4,9 @@ A canvas is a batch of token rows in which the positions to fill hold the mask i
 other position (the prompt, or the given text of an infilling canvas) is fixed and never
 changes, and a position once committed is never changed again. Each sampler is one loop
 over its steps, so one call costs exactly `steps` forward passes (one pass on a doubled
-batch with classifier-free guidance) and compiles once per shape and setting (`sample`)
-or once per shape (`sample_rows`).
+batch with classifier-free guidance). It compiles once per canvas shape and network: the
+sampler, steps, temperature and the other settings are traced values, so a chat whose
+prompts stay within one `bucket` of lengths compiles once.
 
 - `ancestral` (MD4/MDLM): walks a time grid from 1 to 0; at each step every masked
   position is unmasked with probability (alpha_s - alpha_t) / (1 - alpha_t) and drawn from
@@ -24,9 +25,11 @@ canvas / block per step, and approximate: the positions outside the block keep t
 and values they had when the block began.
 
 `sample` runs one setting for the whole batch. `sample_rows` is the same sampler with a
-key and settings per row and the sampler chosen at run time: the server batches unrelated
-requests through it without compiling anything new. The network is only seen through
-`logits_fn(params, tokens, attention_mask)`.
+key and settings per row: the server batches unrelated requests through it. The network is
+only seen through `logits_fn(params, tokens, attention_mask)`.
+
+The draws are exact in float32 (`gumbel`), and `answer_nlls` scores answers by LLaDA's Monte
+Carlo likelihood, several at once.
 """
 
 import dataclasses
@@ -35,6 +38,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental import io_callback
 
 from dllm_jax import diffusion
@@ -50,7 +54,8 @@ class SamplingError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
-  """Static settings of one sampler (hashable: each distinct one compiles once)."""
+  """The settings of one sampler call (hashable). Only `program_settings` of them, and
+  whether guidance is on, shape the compiled program; the rest are traced values."""
   mask_id: int
   vocab_size: int  # the tokenizer's: logits past it, and the mask's, are never drawn
   eos_id: int = -1
@@ -66,6 +71,10 @@ class SamplerConfig:
   schedule: diffusion.Schedule = diffusion.Schedule('linear')  # ancestral only
   # Fast-dLLM's dual key/value cache, remasking samplers only: faster, approximate.
   block_cache: bool = False
+  # Masks before gen_start (in the prompt) are filled too, as in LLaDA's generate(): they
+  # compete in every block for its commits (whose number the block's masks set), so as many
+  # masks may be left at the end. False leaves them as they are.
+  fill_prompt_masks: bool = False
 
 
 class Sample(NamedTuple):
@@ -92,6 +101,9 @@ def validate(cfg: SamplerConfig, canvas_len: int, gen_start: int) -> None:
                         f'canvas of {canvas_len}.')
   if cfg.block_cache and cfg.sampler == 'ancestral':
     raise SamplingError('block_cache: needs a remasking sampler (blocks); ancestral has none.')
+  if cfg.block_cache and cfg.fill_prompt_masks:
+    raise SamplingError('fill_prompt_masks: not with block_cache, whose steps see only the '
+                        'current block.')
   if cfg.sampler != 'ancestral':
     gen_length = canvas_len - gen_start
     block = cfg.block_length or gen_length
@@ -117,7 +129,7 @@ class RowSettings(NamedTuple):
 
 def row_settings(cfg: SamplerConfig, batch: int, gen_length: int) -> RowSettings:
   """`cfg`'s settings for every row of a batch."""
-  full = lambda value, dtype: jnp.full((batch,), value, dtype)
+  full = lambda value, dtype: np.full((batch,), value, dtype)  # host arrays: no dispatch
   return RowSettings(full(cfg.steps, jnp.int32), full(cfg.block_length or gen_length, jnp.int32),
                      full(gen_length, jnp.int32), full(cfg.temperature, jnp.float32),
                      full(cfg.top_k, jnp.int32), full(cfg.top_p, jnp.float32),
@@ -149,11 +161,6 @@ def filter_logits(logits_BxLxV: Array, cfg: SamplerConfig, rows: RowSettings) ->
                       logits)
 
 
-def process_logits(logits_BxLxV: Array, cfg: SamplerConfig) -> Array:
-  """`filter_logits` with `cfg`'s settings on every row."""
-  return filter_logits(logits_BxLxV, cfg, row_settings(cfg, logits_BxLxV.shape[0], 1))
-
-
 def argmax(x: Array) -> Array:
   """`jnp.argmax` over the last axis (the first index of the maximum; a NaN counts as the
   maximum), as int32. Written as a max and a min because XLA's CPU backend runs argmax's
@@ -164,21 +171,31 @@ def argmax(x: Array) -> Array:
   return jnp.min(jnp.where(is_top, ids, x.shape[-1]), axis=-1)
 
 
-def draw(key: Array, logits_BxLxV: Array, temperature: float) -> Array:
-  """Gumbel-max draw in float32 log space; temperature 0 is the argmax."""
-  if temperature == 0:
-    return argmax(logits_BxLxV)
-  gumbel = jax.random.gumbel(key, logits_BxLxV.shape, jnp.float32)
-  return argmax(logits_BxLxV / temperature + gumbel)
+def gumbel(key: Array, shape: tuple[int, ...]) -> Array:
+  """Standard Gumbel noise, exact in float32.
+
+  The usual float32 draw, -log(-log(u)) with u on a grid of 2^-23, cannot exceed about 16,
+  so a token whose logit is more than ~16 below the best one is almost never drawn: with a
+  large vocabulary that removes a real share of the mass and lowers the effective
+  temperature (Zheng et al. 2024, arXiv 2409.02908; LLaDA draws in float64 for this reason).
+  Here u < 1/2 gets 23 more bits from a second uniform, which carries the upper tail to ~32
+  (as `jax.random.gumbel(mode='high')`); each uniform is drawn with `shape` itself, so a
+  longer canvas extends the noise of a shorter one instead of changing it."""
+  high_key, low_key = jax.random.split(key)
+  high = jax.random.uniform(high_key, shape, jnp.float32)
+  low = jax.random.uniform(low_key, shape, jnp.float32)
+  u = jnp.where(high >= 0.5, high, high + 2.0**-23 * low + jnp.finfo(jnp.float32).tiny)
+  return -jnp.log(-jnp.log1p(-u))
 
 
 def draw_rows(keys_B: Array, logits_BxLxV: Array, temperature_B: Array) -> Array:
-  """`draw` with a key and a temperature per row."""
+  """Gumbel-max draws from softmax(logits / temperature) with a key and a temperature per
+  row; temperature 0 is the argmax."""
   t = temperature_B[:, None, None]
 
   def noisy(logits):
-    gumbel = jax.vmap(lambda k: jax.random.gumbel(k, logits.shape[1:], jnp.float32))(keys_B)
-    return jnp.where(t > 0, logits / jnp.where(t > 0, t, 1.0) + gumbel, logits)
+    noise = jax.vmap(lambda k: gumbel(k, logits.shape[1:]))(keys_B)
+    return jnp.where(t > 0, logits / jnp.where(t > 0, t, 1.0) + noise, logits)
 
   scores = jax.lax.cond(jnp.any(temperature_B > 0), noisy, lambda x: x, logits_BxLxV)
   return argmax(scores)
@@ -221,32 +238,40 @@ def time_grid(u: Array, kind: str) -> Array:
   return 1.0 - u if kind == 'uniform' else jnp.cos(0.5 * jnp.pi * u)
 
 
+def program_settings(cfg: SamplerConfig) -> SamplerConfig:
+  """The part of `cfg` a compiled sampler is specialised on (the vocabulary, the ancestral
+  time grid and schedule, and whether prompt masks are filled); `sample` passes every other
+  setting as a traced value, so changing it compiles nothing."""
+  return SamplerConfig(mask_id=cfg.mask_id, vocab_size=cfg.vocab_size, eos_id=cfg.eos_id,
+                       time_grid=cfg.time_grid, schedule=cfg.schedule,
+                       fill_prompt_masks=cfg.fill_prompt_masks)
+
+
 def sample(logits_fn: Callable, params, canvas_BxL: Array, key: Array, cfg: SamplerConfig,
            gen_start: int, attention_mask_BxL: Array | None = None,
            decode_fn: Callable | None = None) -> Sample:
   """Fills the masked positions of `canvas_BxL` in `cfg.steps` model calls.
 
   `gen_start` is where the semi-autoregressive blocks begin (the prompt length when
-  generating after a prompt; 0 for infilling). Jit it with `cfg`, `gen_start`, `logits_fn`
-  and `decode_fn` static, e.g. `jax.jit(sample, static_argnums=(0, 4, 5),
-  static_argnames='decode_fn')`. `cfg.block_cache` needs `decode_fn` (`model.make_decode_fn`).
+  generating after a prompt; 0 for infilling). Masks before it are left as they are unless
+  `cfg.fill_prompt_masks`. `cfg.block_cache` needs `decode_fn` (`model.make_decode_fn`).
+
+  Compiled once per network, canvas shape, `gen_start`, `program_settings(cfg)`, guidance on
+  or off and, with the block cache, block length: the sampler, steps, temperature, top-k,
+  top-p, guidance weight and the other settings are traced values. Call it as it is (it is
+  jitted inside; an outer `jax.jit` with `cfg` static would compile per setting again).
   """
   validate(cfg, canvas_BxL.shape[1], gen_start)
   batch, length = canvas_BxL.shape
-  most_per_step = None  # ancestral may commit everything in one step
-  if cfg.sampler != 'ancestral':
-    block = cfg.block_length or length - gen_start
-    most_per_step = -(-block // (cfg.steps // ((length - gen_start) // block)))
   args = (params, canvas_BxL, jax.random.split(key, batch),
-          row_settings(cfg, batch, length - gen_start), SAMPLERS.index(cfg.sampler), cfg,
-          gen_start, attention_mask_BxL)
+          row_settings(cfg, batch, length - gen_start), np.int32(SAMPLERS.index(cfg.sampler)),
+          program_settings(cfg), gen_start, attention_mask_BxL)
   if cfg.block_cache:
     if decode_fn is None:
       raise SamplingError('block_cache: needs the network\'s decode_fn (model.make_decode_fn).')
-    return _sample_block_cached(decode_fn, *args, guided=bool(cfg.cfg_scale), block=block,
-                                most_per_step=most_per_step)
-  return sample_rows(logits_fn, *args, guided=bool(cfg.cfg_scale),
-                     most_per_step=most_per_step)
+    return _block_cached_jit(decode_fn, *args, guided=bool(cfg.cfg_scale),
+                             block=cfg.block_length or length - gen_start)
+  return _rows_jit(logits_fn, *args, guided=bool(cfg.cfg_scale))
 
 
 def _committers(rows: RowSettings, cfg: SamplerConfig, gen_start: int,
@@ -261,19 +286,22 @@ def _committers(rows: RowSettings, cfg: SamplerConfig, gen_start: int,
       steps_per_block = steps_B // (rows.gen_length // rows.block_length)
       j = i % steps_per_block
       lo_B = gen_start + (i // steps_per_block) * rows.block_length
-      in_block_BxW = (masked_BxW & (positions_W[None, :] >= lo_B[:, None])
-                      & (positions_W[None, :] < (lo_B + rows.block_length)[:, None]))
+      before_end_BxW = positions_W[None, :] < (lo_B + rows.block_length)[:, None]
+      in_block_BxW = masked_BxW & before_end_BxW & (positions_W[None, :] >= lo_B[:, None])
       # The block's mask count, taken at its first step, sets how many commit per step.
       block_masks_B = jnp.where(j == 0, in_block_BxW.sum(axis=1), block_masks_B)
       k_B = block_masks_B // steps_per_block + (j < block_masks_B % steps_per_block)
-      conf = jnp.where(in_block_BxW, confidence(keys, logits, x0, kind), -jnp.inf)
-      # Commit the k_B most confident positions of the block (ties go to the left).
+      # LLaDA's generate() lets every mask before the block's end compete for those commits,
+      # masks in the prompt included (otherwise only the block's masks are left there).
+      candidates_BxW = masked_BxW & before_end_BxW if cfg.fill_prompt_masks else in_block_BxW
+      conf = jnp.where(candidates_BxW, confidence(keys, logits, x0, kind), -jnp.inf)
+      # Commit the k_B most confident candidates (ties go to the left).
       most = min(most_per_step, masked_BxW.shape[1])
       _, top_BxK = jax.lax.top_k(conf, most)
       chosen_BxK = jnp.arange(most)[None, :] < k_B[:, None]
       rows_B = jnp.arange(masked_BxW.shape[0])[:, None]
       commit_now = jnp.zeros_like(in_block_BxW).at[rows_B, top_BxK].max(chosen_BxK)
-      return commit_now & in_block_BxW, block_masks_B
+      return commit_now & candidates_BxW, block_masks_B
     return commit
 
   def ancestral(i, keys, logits, x0, masked_BxW, block_masks_B, positions_W):
@@ -307,22 +335,32 @@ def _start(canvas_BxL: Array, rows: RowSettings, cfg: SamplerConfig):
   return canvas_BxL, commit0, jnp.zeros(canvas_BxL.shape[0], jnp.int32)
 
 
+def _update(a_BxL: Array, a_BxW: Array, lo) -> Array:
+  """`a_BxL` with its columns lo.. replaced by the window `a_BxW`."""
+  return jax.lax.dynamic_update_slice_in_dim(a_BxL, a_BxW, lo, axis=1)
+
+
 def sample_rows(logits_fn: Callable, params, canvas_BxL: Array, keys_B: Array,
                 rows: RowSettings, sampler_index: Array | int, cfg: SamplerConfig,
                 gen_start: int, attention_mask_BxL: Array | None = None, *,
                 guided: bool = False, most_per_step: int | None = None,
                 on_step: Callable | None = None, report: Array | bool = False) -> Sample:
   """The sampler behind `sample`, with a key and settings per row (`rows`) and the sampler
-  `SAMPLERS[sampler_index]` chosen at run time; of `cfg` only the vocabulary (mask_id,
-  vocab_size, eos_id), `time_grid` and `schedule` are read. The batch runs max(rows.steps)
-  steps; a row that needs fewer stops changing after its last. `guided` (static) runs the
-  doubled guidance pass, weighted per row by rows.cfg_scale. `most_per_step` (static) bounds
-  the tokens a row commits in one step (default: the canvas length). Rows are not validated
-  here: see `validate`. With `on_step` (static) and `report` true, `on_step(step, tokens_BxL)` is
-  called on the host after every step (streaming)."""
+  `SAMPLERS[sampler_index]` chosen at run time; of `cfg` only `program_settings` are read.
+  The batch runs max(rows.steps) steps; a row that needs fewer stops changing after its
+  last. `guided` (static) runs the doubled guidance pass, weighted per row by
+  rows.cfg_scale. `most_per_step` (static) bounds the tokens a row commits in one step
+  (default: all it may change). Rows are not validated here: see `validate`. With `on_step`
+  (static) and `report` true, `on_step(step, tokens_BxL)` is called on the host after every
+  step (streaming).
+
+  Only the positions from `gen_start` on (from 0 with `cfg.fill_prompt_masks`) are drawn,
+  with noise indexed from there: a row's draws do not depend on how far its prompt is
+  padded."""
   fixed_BxL = canvas_BxL != cfg.mask_id
-  positions_L = jnp.arange(canvas_BxL.shape[1])
-  branches = _committers(rows, cfg, gen_start, most_per_step or canvas_BxL.shape[1])
+  lo = 0 if cfg.fill_prompt_masks else gen_start
+  positions_W = jnp.arange(lo, canvas_BxL.shape[1])
+  branches = _committers(rows, cfg, gen_start, most_per_step or len(positions_W))
   commit_fn = lambda *args: jax.lax.switch(sampler_index, branches, *args)
   mask = _for_call(attention_mask_BxL, guided)
   net = lambda tokens: (logits_fn(params, tokens, mask), None)
@@ -330,34 +368,37 @@ def sample_rows(logits_fn: Callable, params, canvas_BxL: Array, keys_B: Array,
   def step(i, carry):
     x, commit, block_masks_B = carry
     logits, _ = _guided(net, x, fixed_BxL, cfg.mask_id, rows.cfg_scale if guided else None)
-    x, commit_now, block_masks_B = _denoise(i, x, logits, positions_L, block_masks_B, keys_B,
-                                            rows, cfg, commit_fn)
+    x_W, commit_now, block_masks_B = _denoise(i, x[:, lo:], logits[:, lo:], positions_W,
+                                              block_masks_B, keys_B, rows, cfg, commit_fn)
+    x = _update(x, x_W, lo)
     if on_step is not None:
       jax.lax.cond(report, lambda: io_callback(on_step, None, i, x),
                    lambda: None)
-    return x, jnp.where(commit_now, i, commit), block_masks_B
+    return x, _update(commit, jnp.where(commit_now, i, commit[:, lo:]), lo), block_masks_B
 
   final = jax.lax.fori_loop(0, jnp.max(rows.steps), step, _start(canvas_BxL, rows, cfg))
   return Sample(final[0], final[1])
 
 
 def _sample_block_cached(decode_fn: Callable, params, canvas_BxL: Array, keys_B: Array,
-                         rows: RowSettings, sampler_index: int, cfg: SamplerConfig,
+                         rows: RowSettings, sampler_index: Array | int, cfg: SamplerConfig,
                          gen_start: int, attention_mask_BxL: Array | None, *, guided: bool,
-                         block: int, most_per_step: int) -> Sample:
+                         block: int) -> Sample:
   """A remasking sampler with Fast-dLLM's dual cache: the first step of each block runs the
   whole canvas and keeps every position's keys and values; its other steps run only the
   block's tokens, which attend to those cached keys and values (their own refreshed). The
   same steps and commits as `sample_rows`, each step costing about block / canvas of a full
   pass, but approximate: positions outside the block keep the keys and values they had at
   the block's start though the block's tokens changed since (exact for a one-layer model,
-  whose keys and values depend on the token alone)."""
+  whose keys and values depend on the token alone). Every row has `block` (static) as its
+  block length and the same steps."""
   fixed_BxL = canvas_BxL != cfg.mask_id
   valid = _for_call(jnp.ones(canvas_BxL.shape, bool) if attention_mask_BxL is None
                     else attention_mask_BxL.astype(bool), guided)
   num_blocks = (canvas_BxL.shape[1] - gen_start) // block
-  steps_per_block = cfg.steps // num_blocks
-  commit_fn = _committers(rows, cfg, gen_start, most_per_step)[sampler_index]
+  steps_per_block = jnp.max(rows.steps) // num_blocks
+  branches = _committers(rows, cfg, gen_start, block)
+  commit_fn = lambda *args: jax.lax.switch(sampler_index, branches, *args)
   cfg_scale_B = rows.cfg_scale if guided else None
 
   def one_block(b, carry):
@@ -370,9 +411,7 @@ def _sample_block_cached(decode_fn: Callable, params, canvas_BxL: Array, keys_B:
       x, commit, block_masks_B = carry
       x_W, commit_now, block_masks_B = _denoise(i, window(x), logits_BxWxV, positions_W,
                                                 block_masks_B, keys_B, rows, cfg, commit_fn)
-      commit_W = jnp.where(commit_now, i, window(commit))
-      return (jax.lax.dynamic_update_slice_in_dim(x, x_W, lo, axis=1),
-              jax.lax.dynamic_update_slice_in_dim(commit, commit_W, lo, axis=1),
+      return (_update(x, x_W, lo), _update(commit, jnp.where(commit_now, i, window(commit)), lo),
               block_masks_B)
 
     def refresh(tokens):  # the whole canvas: logits of the block, every key and value
@@ -395,46 +434,108 @@ def _sample_block_cached(decode_fn: Callable, params, canvas_BxL: Array, keys_B:
   return Sample(final[0], final[1])
 
 
-def conditional_nll(logits_fn: Callable, params, prompt_L: Array, answer_A: Array, key: Array,
-                    *, mask_id: int, vocab_size: int, mc_num: int = 128,
-                    batch_size: int = 16) -> tuple[Array, Array]:
-  """LLaDA's Monte Carlo estimate of -log p(answer | prompt) in nats, and its standard error.
+# The compiled samplers behind `sample` (and the server's engine, through `sample_rows`).
+_rows_jit = jax.jit(sample_rows, static_argnums=(0, 6, 7),
+                    static_argnames=('guided', 'most_per_step', 'on_step'))
+_block_cached_jit = jax.jit(_sample_block_cached, static_argnums=(0, 6, 7),
+                            static_argnames=('guided', 'block'))
 
-  Each draw masks l of the A answer tokens, uniformly at random, with l ~ Uniform{1..A}
-  stratified across the draws of a batch, and scores A / l times the summed cross-entropy of
-  the masked tokens; the prompt is never masked. `mc_num` draws in batches of `batch_size`.
-  """
-  if mc_num % batch_size:
-    raise SamplingError(f'mc_num: {mc_num} must be a multiple of batch_size={batch_size}.')
-  (n_prompt,), (n_answer,) = prompt_L.shape, answer_A.shape
-  sequence = jnp.concatenate([prompt_L, answer_A]).astype(jnp.int32)
+
+def bucket(length: int, minimum: int = 16) -> int:
+  """The padded length a compiled program is shared at: the smallest power of two that
+  holds `length` (at least `minimum`)."""
+  return max(minimum, 1 << max(length - 1, 0).bit_length())
+
+
+def _nll_draws(logits_fn: Callable, params, sequence_CxL: Array, valid_CxL: Array,
+               answer_start: int, answer_len_C: Array, key: Array, *, mask_id: int,
+               vocab_size: int, mc_num: int, batch_size: int) -> Array:
+  """[C, mc_num] Monte Carlo draws of -log p(answer c | prompt) (see `answer_nlls`) for C
+  answers, each at positions answer_start.. of its own row of `sequence_CxL` (valid where
+  `valid_CxL`), the first `answer_len_C[c]` of them real; all use the same random numbers."""
+  width = sequence_CxL.shape[1] - answer_start
+  slots_A = jnp.arange(width)
 
   def one_batch(key):
     offset_key, perm_key = jax.random.split(key)
     # l stratified over {1..A}: one shared uniform offset, spread evenly over the batch.
-    u = jax.random.uniform(offset_key) + jnp.arange(batch_size) / batch_size
-    l_B = 1 + jnp.floor(jnp.mod(u, 1.0) * n_answer).astype(jnp.int32)
-    scores = jax.random.uniform(perm_key, (batch_size, n_answer))
-    rank = jnp.argsort(jnp.argsort(scores, axis=1), axis=1)
-    masked_BxA = rank < l_B[:, None]  # a uniformly random subset of size l
-    masked_BxL = jnp.concatenate([jnp.zeros((batch_size, n_prompt), bool), masked_BxA], 1)
-    tokens = jnp.broadcast_to(sequence, masked_BxL.shape)
-    logits = logits_fn(params, jnp.where(masked_BxL, mask_id, tokens), None)
-    ce = diffusion.cross_entropy(logits, tokens, mask_id, vocab_size)
-    return (n_answer / l_B) * jnp.sum(jnp.where(masked_BxL, ce, 0.0), axis=1)
+    u_B = jnp.mod(jax.random.uniform(offset_key) + jnp.arange(batch_size) / batch_size, 1.0)
+    scores_BxA = jax.random.uniform(perm_key, (batch_size, width))
 
-  keys = jax.random.split(key, mc_num // batch_size)
-  draws = jax.lax.map(one_batch, keys).reshape(-1)
-  return draws.mean(), draws.std() / math.sqrt(mc_num)
+    def per_answer(sequence_L, n_answer):
+      l_B = 1 + jnp.floor(u_B * n_answer).astype(jnp.int32)
+      # A uniformly random subset of size l of the real answer slots (padding ranks last).
+      scores = jnp.where(slots_A[None, :] < n_answer, scores_BxA, 2.0)
+      rank_BxA = jnp.argsort(jnp.argsort(scores, axis=1), axis=1)
+      masked_BxA = rank_BxA < l_B[:, None]
+      masked_BxL = jnp.concatenate(
+          [jnp.zeros((batch_size, answer_start), bool), masked_BxA], axis=1)
+      tokens_BxL = jnp.broadcast_to(sequence_L, masked_BxL.shape)
+      return jnp.where(masked_BxL, mask_id, tokens_BxL), masked_BxL, n_answer / l_B
+
+    inputs_CxBxL, masked_CxBxL, scale_CxB = jax.vmap(per_answer)(sequence_CxL, answer_len_C)
+    c, b, length = inputs_CxBxL.shape
+    rows = lambda a_CxL: jnp.broadcast_to(a_CxL[:, None, :], (c, b, length)).reshape(-1, length)
+    logits = logits_fn(params, inputs_CxBxL.reshape(c * b, length), rows(valid_CxL))
+    tokens = rows(sequence_CxL)
+    ce = diffusion.cross_entropy(logits, tokens, mask_id, vocab_size).reshape(c, b, length)
+    return scale_CxB * jnp.sum(jnp.where(masked_CxBxL, ce, 0.0), axis=2)
+
+  draws_NxCxB = jax.lax.map(one_batch, jax.random.split(key, mc_num // batch_size))
+  return jnp.moveaxis(draws_NxCxB, 1, 0).reshape(answer_len_C.shape[0], mc_num)
+
+
+_nll_draws_jit = jax.jit(_nll_draws, static_argnums=(0, 4), static_argnames=(
+    'mask_id', 'vocab_size', 'mc_num', 'batch_size'))
+
+
+def answer_nlls(logits_fn: Callable, params, prompt: Array, answers: list[Array], key: Array,
+                *, mask_id: int, vocab_size: int, mc_num: int = 128,
+                batch_size: int = 16) -> tuple[Array, Array]:
+  """LLaDA's Monte Carlo estimates of -log p(answer | prompt) in nats for each of `answers`,
+  and their standard errors, in one compiled call: [C] and [C].
+
+  Each draw masks l of the A answer tokens, uniformly at random, with l ~ Uniform{1..A}
+  stratified across the draws of a batch, and scores A / l times the summed cross-entropy of
+  the masked tokens; the prompt is never masked. `mc_num` draws per answer in batches of
+  `batch_size` (a forward pass holds batch_size x C rows). All answers share their random
+  numbers where their lengths allow (common random numbers). The prompt is left-padded and
+  the answers right-padded (out of attention) to `bucket` lengths, so other lengths in the
+  same buckets compile nothing new.
+  """
+  if mc_num % batch_size:
+    raise SamplingError(f'mc_num: {mc_num} must be a multiple of batch_size={batch_size}.')
+  prompt = np.asarray(prompt, np.int32)
+  answers = [np.asarray(a, np.int32) for a in answers]
+  if not answers or min(len(a) for a in answers) < 1:
+    raise SamplingError('answers: give at least one answer, each of at least one token.')
+  width, answer_width = bucket(len(prompt)), bucket(max(len(a) for a in answers))
+  sequence_CxL = np.zeros((len(answers), width + answer_width), np.int32)  # 0: any id
+  valid_CxL = np.zeros(sequence_CxL.shape, bool)
+  for c, answer in enumerate(answers):
+    sequence_CxL[c, width - len(prompt):width] = prompt
+    sequence_CxL[c, width:width + len(answer)] = answer
+    valid_CxL[c, width - len(prompt):width + len(answer)] = True
+  draws = _nll_draws_jit(logits_fn, params, sequence_CxL, valid_CxL, width,
+                         jnp.asarray([len(a) for a in answers], jnp.int32), key,
+                         mask_id=mask_id, vocab_size=vocab_size, mc_num=mc_num,
+                         batch_size=batch_size)
+  return draws.mean(axis=1), draws.std(axis=1) / math.sqrt(mc_num)
+
+
+def conditional_nll(logits_fn: Callable, params, prompt_L: Array, answer_A: Array, key: Array,
+                    **kwargs) -> tuple[Array, Array]:
+  """LLaDA's Monte Carlo estimate of -log p(answer | prompt) in nats and its standard error:
+  `answer_nlls` of one answer."""
+  nll, stderr = answer_nlls(logits_fn, params, prompt_L, [answer_A], key, **kwargs)
+  return nll[0], stderr[0]
 
 
 def multiple_choice(logits_fn: Callable, params, prompt_L: Array, choices: list[Array],
                     key: Array, **nll_kwargs) -> tuple[int, list[float]]:
-  """Scores each answer by its estimated log-likelihood; returns (best index, NLLs in nats).
-
-  Every choice is scored with the same key, so the comparison shares its Monte Carlo draws
-  where the answers' lengths allow (common random numbers).
-  """
-  nlls = [float(conditional_nll(logits_fn, params, prompt_L, choice, key, **nll_kwargs)[0])
-          for choice in choices]
+  """Scores each answer by its estimated log-likelihood, all in one compiled call (see
+  `answer_nlls`, whose common random numbers make the comparison fairer); returns (best
+  index, NLLs in nats)."""
+  nlls = [float(n) for n in answer_nlls(logits_fn, params, prompt_L, choices, key,
+                                        **nll_kwargs)[0]]
   return min(range(len(nlls)), key=nlls.__getitem__), nlls

@@ -30,6 +30,7 @@ from dllm_jax.server import engine as engine_lib
 
 def define_flags():
   """The command line; defined only when this module is the program."""
+  cli.define_compilation_cache_flag()
   flags.DEFINE_string('checkpoint', None, 'A training workdir, converted model or checkpoint.')
   flags.DEFINE_string('hf_dir', None, 'A Hugging Face LLaDA directory, read directly.')
   flags.DEFINE_string('model_name', '', 'The model id clients ask for (default: the '
@@ -99,6 +100,7 @@ def main(argv):
   cli.quiet_library_logs()
   logging.getLogger().setLevel(logging.INFO)
   f = flags.FLAGS
+  cli.use_compilation_cache(f.compilation_cache)
   try:
     if bool(f.checkpoint) == bool(f.hf_dir):
       raise ConfigError('give exactly one of --checkpoint and --hf_dir.')

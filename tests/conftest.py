@@ -1,5 +1,6 @@
 """Shared test setup: 8 simulated CPU devices, strict rank promotion, a tiny local corpus."""
 
+import contextlib
 import importlib.util
 import os
 import random
@@ -66,3 +67,20 @@ def tiny_config(corpus_dir, tfds_dir):
   config.data.data_dir = tfds_dir
   config.train.progress_bar = False
   return config
+
+
+@contextlib.contextmanager
+def count_compilations():
+  """Yields a list that gets one entry per XLA compilation made inside the block."""
+  compiled = []
+
+  def listener(event, duration_s, **kwargs):
+    del duration_s, kwargs
+    if event == '/jax/core/compile/backend_compile_duration':
+      compiled.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield compiled
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)

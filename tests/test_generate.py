@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import CONFIG_DIR, REPO, load_config
+from conftest import CONFIG_DIR, REPO, count_compilations, load_config
 from dllm_jax import checkpoint as ckpt_lib
 from dllm_jax import generate
 from dllm_jax import sampling
@@ -48,6 +48,23 @@ def test_generate_from_python(trained):
   for completion in out:
     assert completion.tokens.shape == (16,) and not np.any(completion.tokens == 259)
     assert sorted(set(completion.commit_step.tolist())) == list(range(8))
+
+
+def test_ten_calls_within_a_prompt_bucket_compile_once(trained):
+  """Prompts of 17 to 26 bytes share the 32-token bucket; settings are traced values."""
+  model = generate.load(workdir=trained[0])
+  variants = [dict(sampler=s, temperature=t, top_k=k, top_p=p, steps=st)
+              for s, t, k, p, st in [('low_confidence', 0.0, 0, 1.0, 16),
+                                     ('margin', 0.7, 5, 1.0, 8), ('entropy', 1.0, 0, 0.9, 4),
+                                     ('random', 0.3, 3, 0.8, 16), ('ancestral', 1.0, 0, 1.0, 7),
+                                     ('low_confidence', 0.9, 10, 0.95, 2)]]
+  with count_compilations() as compiled:
+    for i, n in enumerate(range(17, 27)):
+      generate.generate(model, ['x' * n], gen_length=16, block_length=8, seed=i,
+                        **variants[i % len(variants)])
+      if i == 0:
+        first = len(compiled)
+  assert first and len(compiled) == first, (first, len(compiled))
 
 
 @pytest.mark.parametrize('block_cache', [False, True])
@@ -91,12 +108,19 @@ def test_prompt_longer_than_the_context_is_a_clear_error(trained):
                       block_length=8)
 
 
-def test_cli_prints_completions_and_steps(trained):
-  proc = run_cli('dllm_jax.generate', f'--workdir={trained[0]}', '--prompt=def f(x):',
-                 '--gen_length=8', '--steps=4', '--block_length=4', '--num_samples=2',
-                 '--show_steps')
+def test_cli_prints_completions_and_steps(trained, tmp_path):
+  cache = tmp_path / 'compilation_cache'
+  args = [f'--workdir={trained[0]}', '--prompt=def f(x):', '--gen_length=8', '--steps=4',
+          '--block_length=4', '--num_samples=2', '--show_steps', f'--compilation_cache={cache}']
+  proc = run_cli('dllm_jax.generate', *args)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.count('=== sample') == 2 and proc.stdout.count('--- step') == 4
+  # Started again, it finds every program it needs in the persistent cache: none is added.
+  programs = set(os.listdir(cache))
+  assert any(name.startswith('jit_sample_rows') for name in programs), programs
+  again = run_cli('dllm_jax.generate', *args)
+  assert again.returncode == 0 and again.stdout == proc.stdout, again.stderr[-2000:]
+  assert set(os.listdir(cache)) == programs
   cached = run_cli('dllm_jax.generate', f'--workdir={trained[0]}', '--prompt=def f(x):',
                    '--gen_length=8', '--steps=4', '--block_length=4', '--block_cache')
   assert cached.returncode == 0 and cached.stdout.count('=== sample') == 1, cached.stderr[-2000:]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conftest import CONFIG_DIR, load_config
+from conftest import CONFIG_DIR, count_compilations, load_config
 from dllm_jax import chat
 from dllm_jax import diffusion
 from dllm_jax import generate
@@ -36,6 +36,13 @@ def hf_dir(tmp_path_factory):
 def gqa_dir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp('llada_gqa'))
   synthetic.write_llada(path, n_heads=4, n_kv_heads=2, seed=1, std=0.2)
+  return path
+
+
+@pytest.fixture(scope='module')
+def one_layer_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp('llada_1layer'))
+  synthetic.write_llada(path, n_layers=1, seed=2, std=0.2)
   return path
 
 
@@ -122,8 +129,7 @@ def numpy_generate(w, cfg, prompts, attention_mask, *, steps, gen_length, block_
       probs = np.exp(logits - logits.max(-1, keepdims=True))
       probs /= probs.sum(-1, keepdims=True)
       conf = np.take_along_axis(probs, x0[..., None], -1)[..., 0]
-      conf[:, :lo] = -np.inf
-      conf[:, hi:] = -np.inf
+      conf[:, hi:] = -np.inf  # every mask before the block's end competes, as in LLaDA
       conf[x != mask_id] = -np.inf
       for row in range(b):
         chosen = np.argsort(-conf[row], kind='stable')[:schedule[row, j]]
@@ -164,21 +170,56 @@ def test_logits_match_an_independent_numpy_forward(which, request, tmp_path):
   assert np.max(np.abs(np.asarray(cached)[mask] - expected[mask])) < 1e-4
 
 
+def test_a_one_layer_model_converts_and_loads(one_layer_dir, tmp_path):
+  llada.convert(one_layer_dir, str(tmp_path), 'float32')
+  model = generate.load(checkpoint=str(tmp_path))
+  params, config, _ = llada.load_params(one_layer_dir, 'float32')
+  assert config.n_layers == 1 and params['blocks']['q_proj'].shape[0] == 1
+  jax.tree.map(np.testing.assert_array_equal, params, model.params)
+  w, cfg = hf_weights(one_layer_dir)
+  tokens = np.random.default_rng(0).integers(0, 300, (2, 11))
+  ours = model.logits_fn(model.params, jnp.asarray(tokens))
+  assert np.max(np.abs(np.asarray(ours) - numpy_forward(w, cfg, tokens))) < 1e-4
+
+
 def test_loading_straight_from_the_hf_directory_equals_converting(hf_dir, converted):
   direct = generate.load(hf_dir=hf_dir, dtype='float32')
   jax.tree.map(np.testing.assert_array_equal, direct.params,
                generate.load(checkpoint=converted).params)
 
 
-@pytest.mark.parametrize('cfg_scale, padded', [(0.0, False), (1.5, False), (0.0, True)])
+def test_dtype_chooses_how_a_checkpoint_or_hf_directory_loads(hf_dir, converted, tmp_path):
+  direct = generate.load(hf_dir=hf_dir)  # bfloat16 unless told otherwise
+  assert direct.config.param_dtype == 'bfloat16' and direct.params['wte'].dtype == jnp.bfloat16
+  # The float32 checkpoint, read in bfloat16, is the HF directory read so.
+  model, _ = chat.load_for_chat(converted, None, dtype='bfloat16')
+  assert model.config.dtype == 'bfloat16'
+  jax.tree.map(np.testing.assert_array_equal, model.params, direct.params)
+  # A bfloat16 checkpoint keeps its dtype by default and widens to float32 when asked.
+  llada.convert(hf_dir, str(tmp_path))
+  assert generate.load(checkpoint=str(tmp_path)).params['wte'].dtype == jnp.bfloat16
+  wide = generate.load(checkpoint=str(tmp_path), dtype='float32')
+  assert wide.config.param_dtype == 'float32' and wide.params['wte'].dtype == jnp.float32
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b.astype(np.float32)),
+               wide.params, direct.params)
+  with pytest.raises(generate.ConfigError, match="dtype: must be one of .*got 'float16'"):
+    generate.load(checkpoint=converted, dtype='float16')
+
+
+@pytest.mark.parametrize('cfg_scale, padded, prompt_masks', [
+    (0.0, False, False), (1.5, False, False), (0.0, True, False), (0.0, True, True)])
 def test_sampler_matches_a_numpy_reference_of_llada_generate(hf_dir, converted, cfg_scale,
-                                                             padded):
+                                                             padded, prompt_masks):
+  """Token for token, on a batch padded as LLaDA's generate() takes it; with masks in the
+  prompt, filled as LLaDA fills them (fill_prompt_masks), on the whole canvas."""
   model = generate.load(checkpoint=converted)
   w, cfg = hf_weights(hf_dir)
   tok = model.tokenizer
   prompts = [tok.encode('def fibonacci(n):'), tok.encode('Hello there, how are')]
   if not padded:
     prompts = [prompts[0], prompts[0]]
+  if prompt_masks:
+    prompts = [np.where(np.arange(len(p)) % 5 == 2, tok.mask_id, p) for p in prompts]
   width = max(len(p) for p in prompts)
   canvas = np.full((2, width), tok.pad_id)
   attention = np.zeros((2, width), bool)
@@ -186,11 +227,48 @@ def test_sampler_matches_a_numpy_reference_of_llada_generate(hf_dir, converted, 
     canvas[row, width - len(ids):] = ids
     attention[row, width - len(ids):] = True
   settings = dict(gen_length=8, steps=8, block_length=4)
-  ours = generate.generate_ids(model, prompts, cfg_scale=cfg_scale, **settings)
+  ours = generate.generate_ids(model, canvas, attention_mask=attention, cfg_scale=cfg_scale,
+                               fill_prompt_masks=prompt_masks, **settings)
   expected = numpy_generate(w, cfg, canvas, attention if padded else None, cfg_scale=cfg_scale,
                             vocab_size=tok.vocab_size, **settings)
+  if prompt_masks:
+    assert not np.all(expected[:, :width] == canvas)  # the reference filled some
   for row, completion in enumerate(ours):
     np.testing.assert_array_equal(completion.tokens, expected[row, width:])
+    np.testing.assert_array_equal(completion.canvas[:width][attention[row]],
+                                  expected[row, :width][attention[row]])
+
+
+def test_a_prompt_holding_the_mask_token_needs_fill_prompt_masks(converted):
+  model = generate.load(checkpoint=converted)
+  prompt = np.append(model.tokenizer.encode('Hello'), model.tokenizer.mask_id)
+  with pytest.raises(sampling.SamplingError, match='holds the mask token .* 1 times; pass '
+                     'fill_prompt_masks=True'):
+    generate.generate_ids(model, [prompt], gen_length=4, steps=4, block_length=4)
+  with pytest.raises(sampling.SamplingError, match='attention_mask: row 0 has padding after'):
+    generate.generate_ids(model, np.ones((1, 4), np.int32), attention_mask=[[1, 1, 0, 1]],
+                          gen_length=4, steps=4, block_length=4)
+
+
+def test_a_five_turn_chat_compiles_once_per_prompt_bucket(converted):
+  """Prompt lengths are padded to buckets and the settings are traced: a turn whose prompt
+  falls in a bucket an earlier turn used compiles nothing, whatever its settings."""
+  model, template = chat.load_for_chat(converted, None)
+  messages, seen, buckets = [], set(), []
+  with count_compilations() as total:
+    for turn, text in enumerate(['Hi', 'Tell me more', 'Why?', 'And then', 'Thanks, bye']):
+      messages.append({'role': 'user', 'content': text})
+      prompt = template.encode(model.tokenizer, messages, add_generation_prompt=True)
+      bucket = sampling.bucket(len(prompt))
+      with count_compilations() as compiled:
+        answer = chat.reply(model, template, messages, gen_length=8, steps=8, block_length=4,
+                            temperature=0.25 * turn, seed=turn)
+      assert bucket not in seen or not compiled, (turn, bucket, len(compiled))
+      seen.add(bucket)
+      buckets.append(bucket)
+      messages.append({'role': 'assistant', 'content': answer})
+  assert len(seen) < len(buckets), buckets  # some turns share a bucket: the test bites
+  assert total
 
 
 def test_chat_template_renders_llada_ids(hf_dir):

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import count_compilations
 from dllm_jax import diffusion
 from dllm_jax import model as model_lib
 from dllm_jax import sampling
@@ -177,34 +178,64 @@ def test_sharded_sampling_matches_unsharded(tiny, block_cache):
   np.testing.assert_array_equal(got, expected)
 
 
+def draw(key, logits_1xNxV, temperature):
+  return sampling.draw_rows(key[None], logits_1xNxV, jnp.full((1,), temperature))
+
+
 def test_draws_keep_a_one_in_a_thousand_tail():
   probs = np.array([0.6, 0.299, 0.1, 0.001])
   logits = jnp.log(jnp.asarray(probs, jnp.float32))[None, None, :]
   n = 400_000
-  draws = sampling.draw(jax.random.key(0), jnp.broadcast_to(logits, (1, n, 4)), 1.0)
+  draws = draw(jax.random.key(0), jnp.broadcast_to(logits, (1, n, 4)), 1.0)
   freq = np.bincount(np.asarray(draws).ravel(), minlength=4) / n
   sigma = np.sqrt(probs * (1 - probs) / n)
   assert np.all(np.abs(freq - probs) < 4 * sigma), (freq, probs)
   assert freq[3] > 0.0007
 
 
+@pytest.mark.slow
+def test_rare_tokens_of_a_large_vocabulary_are_drawn_at_their_softmax_rate():
+  """One likely token and 2^17 - 1 rare ones, each 17 nats below it: together 0.54% of the
+  mass. A float32 Gumbel draw capped near 16 draws them at about a sixth of that rate (4 in
+  4,096 draws instead of 22; Zheng et al. 2024); an exact one within the binomial interval.
+  Cost: about 5e8 noise values (an rbg key, the fastest on CPU)."""
+  vocab, gap, rows, positions, chunks = 2**17, 17.0, 4, 64, 16
+  odds = (vocab - 1) * math.exp(-gap)
+  p_rare = odds / (1 + odds)
+
+  @jax.jit
+  def rare_draws(key):
+    def chunk(key):
+      logits = jnp.full((rows, positions, vocab), -gap).at[:, :, 0].set(0.0)
+      drawn = sampling.draw_rows(jax.random.split(key, rows), logits, jnp.ones(rows))
+      return jnp.sum(drawn != 0)
+    return jnp.sum(jax.lax.map(chunk, jax.random.split(key, chunks)))
+
+  n = rows * positions * chunks
+  rare = int(rare_draws(jax.random.key(0, impl='rbg')))
+  sigma = math.sqrt(n * p_rare * (1 - p_rare))
+  assert abs(rare - n * p_rare) < 3 * sigma, (rare, n * p_rare, sigma)
+
+
 def test_temperature_sharpens_and_zero_is_argmax():
   logits = jnp.log(jnp.array([0.5, 0.3, 0.2]))[None, None, :]
   many = jnp.broadcast_to(logits, (1, 50_000, 3))
-  cold = np.bincount(np.asarray(sampling.draw(jax.random.key(0), many, 0.5)).ravel(), minlength=3)
+  cold = np.bincount(np.asarray(draw(jax.random.key(0), many, 0.5)).ravel(), minlength=3)
   assert cold[0] / 50_000 == pytest.approx(0.25 / 0.38, abs=0.01)  # p^2 renormalised
-  assert np.all(np.asarray(sampling.draw(jax.random.key(0), many, 0.0)) == 0)
+  assert np.all(np.asarray(draw(jax.random.key(0), many, 0.0)) == 0)
 
 
 def test_top_k_top_p_and_forbidden_ids():
   logits = jnp.log(jnp.array([0.4, 0.3, 0.15, 0.1, 0.05] + [1e-3] * 27))[None, None, :]
   logits = logits.at[..., EOS].set(10.0)  # EOS would win ...
-  out = sampling.process_logits(logits, settings(forbid_eos=True, top_k=3))
+  filtered = lambda logits, cfg: sampling.filter_logits(logits, cfg,
+                                                         sampling.row_settings(cfg, 1, 1))
+  out = filtered(logits, settings(forbid_eos=True, top_k=3))
   assert np.isfinite(np.asarray(out)).sum() == 3  # ... but is forbidden; top 3 remain
   assert np.all(np.isfinite(np.asarray(out[0, 0, :3])))
-  out = sampling.process_logits(logits, settings(forbid_eos=True, top_p=0.8))
+  out = filtered(logits, settings(forbid_eos=True, top_p=0.8))
   assert np.flatnonzero(np.isfinite(np.asarray(out[0, 0]))).tolist() == [0, 1, 2]
-  out = sampling.process_logits(jnp.zeros((1, 1, V + 2)), settings())
+  out = filtered(jnp.zeros((1, 1, V + 2)), settings())
   assert not np.isfinite(np.asarray(out[0, 0, [MASK, V, V + 1]])).any()
 
 
@@ -295,6 +326,64 @@ def test_block_cache_runs_the_canvas_once_per_block_then_the_block(tiny, cfg_sca
     assert sorted(region[0].tolist()) == [3 * b, 3 * b, 3 * b + 1, 3 * b + 2], region
 
 
+def test_new_settings_compile_nothing(tiny):
+  """Only the shape, the network and guidance on or off are compiled in: once a call with
+  and one without guidance have run, other samplers, steps, blocks, temperatures, filters,
+  guidance weights and seeds reuse their programs."""
+  logits_fn, params = tiny
+  canvas = prompt_canvas(gen_length=16)
+  run = lambda seed, **kw: jax.block_until_ready(sampling.sample(
+      logits_fn, params, canvas, jax.random.key(seed), settings(**kw), 5))
+  run(0)
+  run(0, cfg_scale=1.0)
+  variants = [dict(sampler='ancestral', steps=5, temperature=1.0, top_p=0.9),
+              dict(sampler='margin', steps=16, block_length=4, top_k=3),
+              dict(sampler='entropy', steps=8, block_length=8, temperature=0.5, cfg_scale=2.0),
+              dict(sampler='random', steps=4, forbid_eos=True),
+              dict(sampler='low_confidence', steps=16, block_length=2, temperature=0.7,
+                   top_k=5, top_p=0.5, cfg_scale=0.5)]
+  with count_compilations() as compiled:
+    for seed, kw in enumerate(variants):
+      out = run(seed, **kw)
+      assert not np.any(np.asarray(out.tokens) == MASK)
+  assert not compiled, f'{len(compiled)} compilations'
+
+
+@pytest.mark.parametrize('sampler', ['low_confidence', 'ancestral'])
+def test_a_rows_draws_do_not_depend_on_how_far_its_prompt_is_padded(tiny, sampler):
+  """Noise is indexed from the generation's start, so a seeded answer is the same whatever
+  left padding a batch or a bucket gives its prompt."""
+  logits_fn, params = tiny
+  canvas = prompt_canvas(batch=1, gen_length=16)
+  padded = jnp.concatenate([jnp.zeros((1, 7), jnp.int32), canvas], axis=1)
+  cfg = settings(sampler=sampler, steps=8, block_length=8, temperature=1.0)
+  alone = sampling.sample(logits_fn, params, canvas, jax.random.key(4), cfg, 5)
+  shifted = sampling.sample(logits_fn, params, padded, jax.random.key(4), cfg, 12,
+                            jnp.arange(28)[None, :] >= 7)
+  np.testing.assert_array_equal(alone.tokens[:, 5:], shifted.tokens[:, 12:])
+  np.testing.assert_array_equal(alone.commit_step[:, 5:], shifted.commit_step[:, 12:])
+
+
+@pytest.mark.parametrize('sampler', ['low_confidence', 'ancestral'])
+def test_prompt_masks_stay_unless_asked_to_be_filled(tiny, sampler):
+  logits_fn, params = tiny
+  canvas = prompt_canvas(gen_length=8).at[:, 1].set(MASK)
+  cfg = settings(sampler=sampler, steps=8, block_length=4)
+  kept = sampling.sample(logits_fn, params, canvas, jax.random.key(0), cfg, 5)
+  assert np.all(np.asarray(kept.tokens[:, 1]) == MASK)
+  assert not np.any(np.asarray(kept.tokens[:, 5:]) == MASK)
+  cfg = dataclasses.replace(cfg, fill_prompt_masks=True)
+  filled = np.asarray(sampling.sample(logits_fn, params, canvas, jax.random.key(0), cfg,
+                                      5).tokens)
+  # Ancestral fills every mask; remasking commits as many tokens as the blocks have masks,
+  # and the prompt's mask competes for them, so one mask is left somewhere (as in LLaDA).
+  left = 0 if sampler == 'ancestral' else 1
+  np.testing.assert_array_equal(np.sum(filled == MASK, axis=1), [left, left])
+  with pytest.raises(sampling.SamplingError, match='fill_prompt_masks: not with block_cache'):
+    sampling.validate(dataclasses.replace(cfg, sampler='low_confidence', block_cache=True),
+                      13, 5)
+
+
 def test_block_cache_needs_a_remasking_sampler_and_the_decode_fn(tiny):
   logits_fn, params = tiny
   with pytest.raises(sampling.SamplingError, match='block_cache: needs a remasking sampler'):
@@ -338,10 +427,8 @@ def test_mc_likelihood_agrees_with_exact_enumeration(tiny):
   params = model_lib.init_params(CFG, jax.random.key(5))  # smooth logits: moderate variance
   prompt, answer = np.array([3, 7, 1, 4]), np.array([9, 2, 11, 5])
   exact = _exact_expected_nll(logits_fn, params, prompt, answer)
-  nll, stderr = jax.jit(sampling.conditional_nll, static_argnums=0,
-                        static_argnames=('mask_id', 'vocab_size', 'mc_num', 'batch_size'))(
-      logits_fn, params, jnp.asarray(prompt), jnp.asarray(answer), jax.random.key(0),
-      mask_id=MASK, vocab_size=V, mc_num=512, batch_size=32)
+  nll, stderr = sampling.conditional_nll(logits_fn, params, prompt, answer, jax.random.key(0),
+                                         mask_id=MASK, vocab_size=V, mc_num=512, batch_size=32)
   assert 0 < float(stderr) < 0.05 * exact
   assert abs(float(nll) - exact) < 4 * float(stderr), (float(nll), exact, float(stderr))
 

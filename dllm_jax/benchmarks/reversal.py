@@ -77,9 +77,8 @@ def dllm_fill(model: generate.Model, before: list[str], lengths: list[int],
     canvas[i, width - len(r):], valid[i, width - len(r):] = r, True
   cfg = sampling.SamplerConfig(mask_id=tok.mask_id, vocab_size=tok.vocab_size,
                                eos_id=tok.eos_id, steps=max(lengths), block_length=0)
-  out = jax.jit(sampling.sample, static_argnums=(0, 4, 5))(
-      model.logits_fn, model.params, jnp.asarray(canvas), jax.random.key(0), cfg, 0,
-      jnp.asarray(valid))
+  out = sampling.sample(model.logits_fn, model.params, jnp.asarray(canvas), jax.random.key(0),
+                        cfg, 0, jnp.asarray(valid))
   filled = np.asarray(out.tokens)
   answers = []
   for i, (b, n) in enumerate(zip(before, lengths)):

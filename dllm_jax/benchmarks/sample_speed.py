@@ -148,16 +148,15 @@ def benchmark(config, batch_size: int, gen_length: int, steps: int, block_length
   cached_cfg = dataclasses.replace(cfg, block_cache=True)
   canvas = np.concatenate([prompt, np.full((batch_size, gen_length), tokenizer.mask_id)], 1)
   canvas = jnp.asarray(canvas, jnp.int32)
-  jitted = jax.jit(sampling.sample, static_argnums=(0, 4, 5), static_argnames='decode_fn')
   forward = jax.jit(lambda p, x: logits_fn(p, x))
   forwards = jax.jit(forward_passes, static_argnums=(0, 3))
   methods = {
-      'jitted': lambda: jitted(logits_fn, params, canvas, jax.random.key(0), cfg,
-                               prompt_len).tokens,
+      'jitted': lambda: sampling.sample(logits_fn, params, canvas, jax.random.key(0), cfg,
+                                        prompt_len).tokens,
       'loop': lambda: loop_sample(forward, params, canvas, cfg, prompt_len),
       'forwards': lambda: forwards(logits_fn, params, canvas, steps),
-      'cached': lambda: jitted(logits_fn, params, canvas, jax.random.key(0), cached_cfg,
-                               prompt_len, decode_fn=decode_fn).tokens,
+      'cached': lambda: sampling.sample(logits_fn, params, canvas, jax.random.key(0),
+                                        cached_cfg, prompt_len, decode_fn=decode_fn).tokens,
   }
   seconds, outputs = interleaved_medians(methods, repeats)
   generated = {name: np.asarray(out)[:, prompt_len:] for name, out in outputs.items()}
