@@ -33,6 +33,7 @@ Carlo likelihood, several at once.
 """
 
 import dataclasses
+import functools
 import math
 from typing import Callable, NamedTuple
 
@@ -215,6 +216,9 @@ def confidence(keys_B: Array, logits_BxLxV: Array, x0_BxL: Array, kind: str) -> 
   return jnp.sum(jnp.where(probs > 0, probs * log_probs, 0.0), axis=-1)  # -entropy
 
 
+REMASKING = SAMPLERS[1:]  # the samplers that differ only in their `confidence`
+
+
 def _guided(net: Callable, x_BxT: Array, fixed_BxT: Array, mask_id: int,
             cfg_scale_B: Array | None):
   """One model call `net(tokens) -> (logits, aux)`; with guidance (`cfg_scale_B` not None),
@@ -274,35 +278,37 @@ def sample(logits_fn: Callable, params, canvas_BxL: Array, key: Array, cfg: Samp
   return _rows_jit(logits_fn, *args, guided=bool(cfg.cfg_scale))
 
 
-def _committers(rows: RowSettings, cfg: SamplerConfig, gen_start: int,
-                most_per_step: int) -> list[Callable]:
-  """Per sampler of SAMPLERS, `commit(i, keys_B, logits_BxW, x0_BxW, masked_BxW,
-  block_masks_B, positions_W) -> (commit_now_BxW, block_masks_B)`: which positions of a
-  window of the canvas (at `positions_W`) take their drawn token x0 at step i."""
+def _committer(rows: RowSettings, cfg: SamplerConfig, gen_start: int, most_per_step: int,
+               sampler_index: Array | int) -> Callable:
+  """`commit(i, keys_B, logits_BxW, x0_BxW, masked_BxW, block_masks_B, positions_W) ->
+  (commit_now_BxW, block_masks_B)` of sampler SAMPLERS[sampler_index] (a traced value): which
+  positions of a window of the canvas (at `positions_W`) take their drawn token x0 at step
+  i. The remasking samplers share one program but for their confidence."""
   steps_B = rows.steps
 
-  def remask(kind):
-    def commit(i, keys, logits, x0, masked_BxW, block_masks_B, positions_W):
-      steps_per_block = steps_B // (rows.gen_length // rows.block_length)
-      j = i % steps_per_block
-      lo_B = gen_start + (i // steps_per_block) * rows.block_length
-      before_end_BxW = positions_W[None, :] < (lo_B + rows.block_length)[:, None]
-      in_block_BxW = masked_BxW & before_end_BxW & (positions_W[None, :] >= lo_B[:, None])
-      # The block's mask count, taken at its first step, sets how many commit per step.
-      block_masks_B = jnp.where(j == 0, in_block_BxW.sum(axis=1), block_masks_B)
-      k_B = block_masks_B // steps_per_block + (j < block_masks_B % steps_per_block)
-      # LLaDA's generate() lets every mask before the block's end compete for those commits,
-      # masks in the prompt included (otherwise only the block's masks are left there).
-      candidates_BxW = masked_BxW & before_end_BxW if cfg.fill_prompt_masks else in_block_BxW
-      conf = jnp.where(candidates_BxW, confidence(keys, logits, x0, kind), -jnp.inf)
-      # Commit the k_B most confident candidates (ties go to the left).
-      most = min(most_per_step, masked_BxW.shape[1])
-      _, top_BxK = jax.lax.top_k(conf, most)
-      chosen_BxK = jnp.arange(most)[None, :] < k_B[:, None]
-      rows_B = jnp.arange(masked_BxW.shape[0])[:, None]
-      commit_now = jnp.zeros_like(in_block_BxW).at[rows_B, top_BxK].max(chosen_BxK)
-      return commit_now & candidates_BxW, block_masks_B
-    return commit
+  def remask(i, keys, logits, x0, masked_BxW, block_masks_B, positions_W):
+    steps_per_block = steps_B // (rows.gen_length // rows.block_length)
+    j = i % steps_per_block
+    lo_B = gen_start + (i // steps_per_block) * rows.block_length
+    before_end_BxW = positions_W[None, :] < (lo_B + rows.block_length)[:, None]
+    in_block_BxW = masked_BxW & before_end_BxW & (positions_W[None, :] >= lo_B[:, None])
+    # The block's mask count, taken at its first step, sets how many commit per step.
+    block_masks_B = jnp.where(j == 0, in_block_BxW.sum(axis=1), block_masks_B)
+    k_B = block_masks_B // steps_per_block + (j < block_masks_B % steps_per_block)
+    # LLaDA's generate() lets every mask before the block's end compete for those commits,
+    # masks in the prompt included (otherwise only the block's masks are left there).
+    candidates_BxW = masked_BxW & before_end_BxW if cfg.fill_prompt_masks else in_block_BxW
+    kinds = [functools.partial(confidence, kind=kind) for kind in REMASKING]
+    conf = jax.lax.switch(jnp.clip(sampler_index - 1, 0, len(REMASKING) - 1), kinds, keys,
+                          logits, x0)
+    conf = jnp.where(candidates_BxW, conf, -jnp.inf)
+    # Commit the k_B most confident candidates (ties go to the left).
+    most = min(most_per_step, masked_BxW.shape[1])
+    _, top_BxK = jax.lax.top_k(conf, most)
+    chosen_BxK = jnp.arange(most)[None, :] < k_B[:, None]
+    rows_B = jnp.arange(masked_BxW.shape[0])[:, None]
+    commit_now = jnp.zeros_like(in_block_BxW).at[rows_B, top_BxK].max(chosen_BxK)
+    return commit_now & candidates_BxW, block_masks_B
 
   def ancestral(i, keys, logits, x0, masked_BxW, block_masks_B, positions_W):
     del logits, x0, positions_W
@@ -313,7 +319,7 @@ def _committers(rows: RowSettings, cfg: SamplerConfig, gen_start: int,
     u_BxW = jax.vmap(lambda k: jax.random.uniform(k, masked_BxW.shape[1:]))(keys)
     return masked_BxW & (u_BxW < p_unmask_B[:, None]), block_masks_B
 
-  return [ancestral if kind == 'ancestral' else remask(kind) for kind in SAMPLERS]
+  return lambda *args: jax.lax.cond(sampler_index == 0, ancestral, remask, *args)  # SAMPLERS[0]
 
 
 def _denoise(i, x_BxW: Array, logits_BxWxV: Array, positions_W: Array, block_masks_B: Array,
@@ -360,8 +366,7 @@ def sample_rows(logits_fn: Callable, params, canvas_BxL: Array, keys_B: Array,
   fixed_BxL = canvas_BxL != cfg.mask_id
   lo = 0 if cfg.fill_prompt_masks else gen_start
   positions_W = jnp.arange(lo, canvas_BxL.shape[1])
-  branches = _committers(rows, cfg, gen_start, most_per_step or len(positions_W))
-  commit_fn = lambda *args: jax.lax.switch(sampler_index, branches, *args)
+  commit_fn = _committer(rows, cfg, gen_start, most_per_step or len(positions_W), sampler_index)
   mask = _for_call(attention_mask_BxL, guided)
   net = lambda tokens: (logits_fn(params, tokens, mask), None)
 
@@ -397,8 +402,7 @@ def _sample_block_cached(decode_fn: Callable, params, canvas_BxL: Array, keys_B:
                     else attention_mask_BxL.astype(bool), guided)
   num_blocks = (canvas_BxL.shape[1] - gen_start) // block
   steps_per_block = jnp.max(rows.steps) // num_blocks
-  branches = _committers(rows, cfg, gen_start, block)
-  commit_fn = lambda *args: jax.lax.switch(sampler_index, branches, *args)
+  commit_fn = _committer(rows, cfg, gen_start, block, sampler_index)
   cfg_scale_B = rows.cfg_scale if guided else None
 
   def one_block(b, carry):

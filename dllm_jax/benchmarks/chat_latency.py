@@ -6,8 +6,9 @@ Writes a random float32 model in LLaDA's format with a chat template (convert.sy
 default the size of configs/llada_small.py), converts it into --out, and then
 
 1. in this process, chats --turns turns (`chat.reply`, the settings of `python -m
-   dllm_jax.chat`), timing each turn and counting the XLA compilations it makes; every turn's
-   prompt is longer than the last;
+   dllm_jax.chat`), timing each turn and counting the XLA compilations it makes. The
+   history keeps a short fixed answer for each turn, as a real model's would be (a random
+   model's 128 tokens would be noise), so every prompt is a little longer than the last;
 2. starts `python -m dllm_jax.chat` --starts times as a new process with one message on
    stdin, timing from the start to its answer. With --compilation_cache (a new directory
    under --out), the later starts find what the first one compiled.
@@ -66,10 +67,10 @@ def _turns(checkpoint: str) -> list[dict]:
     messages.append({'role': 'user', 'content': text})
     prompt = template.encode(model.tokenizer, messages, add_generation_prompt=True)
     before, start = len(compiled), time.perf_counter()
-    answer = chat.reply(model, template, messages, **_SETTINGS)
+    chat.reply(model, template, messages, **_SETTINGS)
     turns.append({'prompt_tokens': len(prompt), 'seconds': time.perf_counter() - start,
                   'compilations': len(compiled) - before})
-    messages.append({'role': 'assistant', 'content': answer})
+    messages.append({'role': 'assistant', 'content': 'Fine, thanks.'})
   return turns
 
 
