@@ -34,7 +34,10 @@ def get_config(variant: str = 'base'):
   c.model.update(vocab_size=126464, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32,
                  mlp_dim=12288, max_seq_len=4096, rope_theta=500000.0, norm_eps=1e-5,
                  param_dtype='float32', dtype='bfloat16', remat_policy='full')
-  c.diffusion.update(schedule='linear', eps=1e-3)  # LLaDA masks with (1 - 1e-3) t + 1e-3
+  # Tokens are masked with probability 1 - alpha(t) = (1 - 2 eps) t + eps, in [eps, 1 - eps];
+  # LLaDA's p_mask = (1 - eps) t + eps reaches 1 at t = 1. With eps = 1e-3 both start at 1e-3
+  # and differ by at most 1e-3.
+  c.diffusion.update(schedule='linear', eps=1e-3)
   c.data.update(seq_len=4096, tokenizer='', files='')
   c.mesh.update(data=1, fsdp=-1, tensor=2)
   c.train.update(batch_size=32, microbatches=4, num_steps=10_000, learning_rate=4e-4,

@@ -92,6 +92,9 @@ def base_config() -> ml_collections.ConfigDict:
       adam_eps=1e-8,
       grad_clip=1.0,
       ema_decay=0.0,  # 0 disables the EMA of parameters
+      # Decay min(ema_decay, (1 + t) / (10 + t)) at step t, so that a short run's EMA is not
+      # mostly the random init (a 0.999 EMA keeps 37% of it after 1000 steps).
+      ema_warmup=False,
       log_every=10,
       eval_every=200,
       eval_batches=8,
@@ -103,10 +106,12 @@ def base_config() -> ml_collections.ConfigDict:
       progress_bar=True,
   ))
 
-  # --config.mode=eval: the validation NELBO of the latest checkpoint, with its standard error.
+  # Validation, during training (every train.eval_every steps) and of the latest checkpoint
+  # with --config.mode=eval: the NELBO with its standard error.
   c.eval = ml_collections.ConfigDict(dict(
       t_samples=8,  # antithetic draws of t per sequence (>= 2, for the standard error)
-      discrete_steps=128,  # T of the discrete-time T-step bound also reported; 0 skips it
+      # T of the discrete-time T-step bound also reported by --config.mode=eval; 0 skips it.
+      discrete_steps=128,
   ))
 
   # The samples a training run prints at its end: each continues the first half of a

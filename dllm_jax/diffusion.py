@@ -16,10 +16,14 @@ uniformly over the V data tokens (the mask is never predicted) the bound is exac
 per token.
 
 This module never looks inside the network: it takes a pure `logits_fn(params, tokens,
-attention_mask)`.
+attention_mask)`, or the network split in two, `features_fn` (the same signature, giving the
+final hidden states) and `head_fn(params, features) -> logits`, so that the loss computes
+logits a chunk of positions at a time and never holds [B, L, V] of them (2 GB per row of
+4096 tokens at LLaDA's 126,464-token vocabulary in float32).
 """
 
 import dataclasses
+import functools
 import math
 from typing import Callable
 
@@ -29,6 +33,8 @@ import jax.numpy as jnp
 Array = jax.Array
 LN2 = math.log(2.0)
 AUX_SUMS = ('nelbo_sum', 'normalizer', 'masked', 'targets')
+# Float32 logits the loss holds at once, across the batch: a chunk of positions per row.
+CE_CHUNK_BYTES = 2**28
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,9 +108,53 @@ def cross_entropy(logits_BxLxV: Array, targets_BxL: Array, mask_id: int,
   return jax.nn.logsumexp(logits, axis=-1) - target_logit
 
 
+def scored_cross_entropy(head_fn: Callable | None, params, features_BxLxF: Array,
+                         targets_BxL: Array, scored_BxL: Array, mask_id: int,
+                         data_vocab_size: int) -> Array:
+  """`cross_entropy` at the scored positions, 0 elsewhere: [B, L] float32.
+
+  `head_fn(params, features_BxCxF)` gives the logits of C positions (None: the features are
+  the logits). It runs over chunks of positions in a scan, each chunk rematerialised in the
+  backward pass, so at most CE_CHUNK_BYTES of float32 logits exist at a time, however long
+  the rows or large the vocabulary.
+  """
+  batch, length = targets_BxL.shape
+  if head_fn is None:
+    head_fn, num_logits = (lambda _, logits: logits), features_BxLxF.shape[-1]
+  else:
+    num_logits = jax.eval_shape(head_fn, params, features_BxLxF[:, :1]).shape[-1]
+  max_chunk = max(1, CE_CHUNK_BYTES // (4 * num_logits * batch))
+  num_chunks = -(-length // max_chunk)
+  chunk = -(-length // num_chunks)  # as even as possible: the least padding
+
+  def chunks(x_BxL):  # [B, L, ...] -> [num_chunks, B, chunk, ...], zero-padded
+    padding = [(0, 0), (0, num_chunks * chunk - length)] + [(0, 0)] * (x_BxL.ndim - 2)
+    x = jnp.pad(x_BxL, padding).reshape(batch, num_chunks, chunk, *x_BxL.shape[2:])
+    return x.swapaxes(0, 1)
+
+  # Keep only the inputs: the backward pass recomputes the chunk's logits. (No CSE to
+  # prevent inside a scan.)
+  @functools.partial(jax.checkpoint, prevent_cse=False)
+  def chunk_ce(inputs):
+    features_BxCxF, targets_BxC, scored_BxC = inputs
+    ce_BxC = cross_entropy(head_fn(params, features_BxCxF), targets_BxC, mask_id,
+                           data_vocab_size)
+    return jnp.where(scored_BxC, ce_BxC, 0.0)
+
+  ce_NxBxC = jax.lax.map(chunk_ce, (chunks(features_BxLxF), chunks(targets_BxL),
+                                    chunks(scored_BxL)))
+  return ce_NxBxC.swapaxes(0, 1).reshape(batch, num_chunks * chunk)[:, :length]
+
+
 def make_loss_fn(logits_fn: Callable, schedule: Schedule, mask_id: int, data_vocab_size: int,
-                 discrete_steps: int = 0):
+                 discrete_steps: int = 0, *, head_fn: Callable | None = None,
+                 padded: bool = True):
   """Returns `loss_fn(params, batch, key) -> (nelbo nats/token, aux)`.
+
+  With `head_fn`, `logits_fn` gives final hidden states and `head_fn` their logits (see the
+  module docstring). `padded=False` promises that no row is partly padded (rows of padding
+  only score nothing): the network then runs without a key mask, which changes nothing but
+  speed (cuDNN's attention is faster without one).
 
   With `discrete_steps` T > 0 it estimates the discrete-time T-step bound instead: t on the
   grid {1/T, ..., 1} (stratified across the batch), weighted T (alpha(t - 1/T) - alpha(t)) /
@@ -131,9 +181,9 @@ def make_loss_fn(logits_fn: Callable, schedule: Schedule, mask_id: int, data_voc
     else:
       weight_B = schedule.weight(t_B)
     xt_BxL, masked_BxL = corrupt(mask_key, tokens_BxL, valid_BxL, schedule.alpha(t_B), mask_id)
-    logits_BxLxV = logits_fn(params, xt_BxL, valid_BxL)
-    ce_BxL = cross_entropy(logits_BxLxV, tokens_BxL, mask_id, data_vocab_size)
-    ce_BxL = jnp.where(masked_BxL, ce_BxL, 0.0)
+    features_BxLxF = logits_fn(params, xt_BxL, valid_BxL if padded else None)
+    ce_BxL = scored_cross_entropy(head_fn, params, features_BxLxF, tokens_BxL, masked_BxL,
+                                  mask_id, data_vocab_size)
     num_tokens = valid_BxL.sum().astype(jnp.float32)
     nelbo_sum = jnp.sum(weight_B * ce_BxL.sum(axis=1)) + end_terms * num_tokens
     aux = {'nelbo_sum': nelbo_sum, 'normalizer': num_tokens,
@@ -151,13 +201,15 @@ def report(nelbo_nats_per_token) -> dict[str, float]:
 
 
 def make_sft_loss_fn(logits_fn: Callable, schedule: Schedule, mask_id: int,
-                     data_vocab_size: int):
+                     data_vocab_size: int, *, head_fn: Callable | None = None,
+                     padded: bool = True):
   """Supervised fine-tuning on (prompt, answer) rows, as in LLaDA's guidelines.
 
   `batch` adds 'prompt' [B, L] (True on prompt tokens). Only answer tokens (the answer and
   the EOS that pads the row, which teach the model where to stop) are ever masked and
   scored; the prompt is always visible. Each row's weighted cross-entropy is divided by its
-  answer length, and the loss is the mean over rows: 'normalizer' counts rows.
+  answer length, and the loss is the mean over rows: 'normalizer' counts rows. `head_fn` and
+  `padded` are make_loss_fn's.
   """
 
   def loss_fn(params, batch, key):
@@ -167,9 +219,9 @@ def make_sft_loss_fn(logits_fn: Callable, schedule: Schedule, mask_id: int,
     t_key, mask_key = jax.random.split(key)
     t_B = antithetic_times(t_key, tokens_BxL.shape[0])
     xt_BxL, masked_BxL = corrupt(mask_key, tokens_BxL, answer_BxL, schedule.alpha(t_B), mask_id)
-    logits_BxLxV = logits_fn(params, xt_BxL, valid_BxL)
-    ce_BxL = cross_entropy(logits_BxLxV, tokens_BxL, mask_id, data_vocab_size)
-    ce_BxL = jnp.where(masked_BxL, ce_BxL, 0.0)
+    features_BxLxF = logits_fn(params, xt_BxL, valid_BxL if padded else None)
+    ce_BxL = scored_cross_entropy(head_fn, params, features_BxLxF, tokens_BxL, masked_BxL,
+                                  mask_id, data_vocab_size)
     answer_len_B = answer_BxL.sum(axis=1).astype(jnp.float32)
     per_row_B = schedule.weight(t_B) * ce_BxL.sum(axis=1) / jnp.maximum(answer_len_B, 1.0)
     rows = (answer_len_B > 0).sum().astype(jnp.float32)

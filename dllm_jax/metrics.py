@@ -70,7 +70,12 @@ def throughput(num_steps: int, seconds: float, tokens_per_step: int, flops_per_t
 
 
 class MetricWriter:
-  """Writes scalars to metrics.jsonl and TensorBoard; a no-op on processes other than 0."""
+  """Writes scalars to metrics.jsonl and TensorBoard; a no-op on processes other than 0.
+
+  A run resumed from step `initial_step` redoes the steps after it: their rows, written
+  before the restart, are dropped from metrics.jsonl and hidden from TensorBoard, so each
+  step is logged once.
+  """
 
   def __init__(self, workdir: str, total_steps: int, initial_step: int, progress_bar: bool):
     self.active = jax.process_index() == 0
@@ -78,9 +83,11 @@ class MetricWriter:
     if not self.active:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
+    path = os.path.join(workdir, 'metrics.jsonl')
+    _truncate(path, initial_step)
+    self._jsonl = open(path, 'a', encoding='utf-8')
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'), purge_step=initial_step + 1)
     if progress_bar and sys.stderr.isatty():
       from tqdm import tqdm  # pylint: disable=g-import-not-at-top
       self._bar = tqdm(total=total_steps, initial=initial_step, unit='step', dynamic_ncols=True)
@@ -109,3 +116,21 @@ class MetricWriter:
     for handle in (self._bar, self._tb, self._jsonl):
       if handle is not None:
         handle.close()
+
+
+def _truncate(path: str, last_step: int) -> None:
+  """Keeps the rows of metrics.jsonl up to `last_step` (and drops a line cut by a crash)."""
+  if not os.path.exists(path):
+    return
+  kept = []
+  with open(path, encoding='utf-8') as f:
+    for line in f:
+      try:
+        if json.loads(line)['step'] <= last_step:
+          kept.append(line.rstrip('\n') + '\n')
+      except (ValueError, KeyError, TypeError):
+        pass
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    f.writelines(kept)
+  os.replace(tmp, path)  # atomic: a crash here loses no row

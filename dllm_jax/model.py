@@ -210,14 +210,18 @@ class Transformer(nnx.Module):
     x_BxLxD = jnp.take(table_VxD, tokens_BxL, axis=0).astype(jnp.dtype(self.cfg.dtype))
     return sharding.constrain(x_BxLxD, BATCH_LENGTH_EMBED)
 
-  def _head(self, x_BxLxD: Array) -> Array:
-    x_BxLxD = rms_norm(x_BxLxD, self.ln_f[...], self.cfg.norm_eps)
-    logits_BxLxV = jnp.einsum('bld,dv->blv', x_BxLxD, self.lm_head[...].astype(x_BxLxD.dtype),
+  def head(self, features_BxLxD: Array) -> Array:
+    """Float32 logits of final hidden states (after ln_f): the LM head alone."""
+    logits_BxLxV = jnp.einsum('bld,dv->blv', features_BxLxD,
+                              self.lm_head[...].astype(features_BxLxD.dtype),
                               preferred_element_type=jnp.float32)
     return sharding.constrain(logits_BxLxV,
                               ('activation_batch', 'activation_length', 'activation_vocab'))
 
-  def __call__(self, tokens_BxL: Array, attention_mask_BxL: Array | None = None) -> Array:
+  def __call__(self, tokens_BxL: Array, attention_mask_BxL: Array | None = None,
+               features_only: bool = False) -> Array:
+    """Logits [B, L, V], or with `features_only` the final hidden states [B, L, D] that
+    `head` maps to them (a loss can then compute logits a few positions at a time)."""
     cfg = self.cfg
     x_BxLxD = self._embed(tokens_BxL)
     cos_LxH, sin_LxH = rope_tables(tokens_BxL.shape[1], cfg.head_dim, cfg.rope_theta)
@@ -238,7 +242,8 @@ class Transformer(nnx.Module):
     else:
       for i in range(cfg.n_layers):
         x_BxLxD = layer(x_BxLxD, jax.tree.map(lambda a: a[i], layers))
-    return self._head(x_BxLxD)
+    features_BxLxD = rms_norm(x_BxLxD, self.ln_f[...], cfg.norm_eps)
+    return features_BxLxD if features_only else self.head(features_BxLxD)
 
   def decode(self, tokens_BxT: Array, cache: dict | None, start: Array,
              key_valid_BxS: Array) -> tuple[Array, dict]:
@@ -267,7 +272,7 @@ class Transformer(nnx.Module):
                                               kv_cache=(k_cache, v_cache, start))
 
     x_BxTxD, (k, v) = jax.lax.scan(layer, x_BxTxD, (layers, cache['k'], cache['v']))
-    return self._head(x_BxTxD), {'k': k, 'v': v}
+    return self.head(rms_norm(x_BxTxD, self.ln_f[...], cfg.norm_eps)), {'k': k, 'v': v}
 
 
 def abstract_model(cfg: ModelConfig) -> tuple[nnx.GraphDef, Any, Any]:
@@ -332,6 +337,26 @@ def make_logits_fn(graphdef: nnx.GraphDef):
     return nnx.merge(graphdef, params)(tokens_BxL, attention_mask_BxL)
 
   return logits_fn
+
+
+def make_features_fn(graphdef: nnx.GraphDef):
+  """The pure `features_fn(params, tokens, attention_mask=None)` -> final hidden states
+  [B, L, D]: with `make_head_fn`'s head, the logits_fn that losses split, so that logits
+  exist only for a chunk of positions at a time."""
+
+  def features_fn(params, tokens_BxL, attention_mask_BxL=None):
+    return nnx.merge(graphdef, params)(tokens_BxL, attention_mask_BxL, features_only=True)
+
+  return features_fn
+
+
+def make_head_fn(graphdef: nnx.GraphDef):
+  """The pure `head_fn(params, features [B, C, D]) -> float32 logits [B, C, V]`."""
+
+  def head_fn(params, features_BxCxD):
+    return nnx.merge(graphdef, params).head(features_BxCxD)
+
+  return head_fn
 
 
 @functools.lru_cache(maxsize=None)

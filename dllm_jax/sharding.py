@@ -7,6 +7,7 @@ with logical names ('embed', 'heads', 'activation_batch', ...); the config's
 sharding constraints; outside it they are no-ops, so the model runs unsharded as well.
 """
 
+import collections
 import contextlib
 import contextvars
 import math
@@ -91,6 +92,34 @@ def tree_shardings(mesh, rules, logical_tree, shape_tree):
 
 def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
+
+
+def process_rows(batch_sharding, shape: Sequence[int], process_index: int | None = None):
+  """The rows of a global batch of `shape` that a process feeds (default: this one).
+
+  They are the rows its devices hold, ascending: the order in which
+  `jax.make_array_from_process_local_data` reads a process's rows. Processes whose devices
+  hold the same batch shards (a batch replicated over an axis that spans processes) feed
+  the same rows. A layout that process-local rows cannot fill, with processes holding
+  different numbers of rows or overlapping but different ones, is a ConfigError.
+  """
+  process_index = jax.process_index() if process_index is None else process_index
+  held = collections.defaultdict(set)
+  for device, index in batch_sharding.devices_indices_map(tuple(shape)).items():
+    held[device.process_index].update(range(*index[0].indices(shape[0])))
+  # Even and disjoint (or equal) exactly when the distinct sets are equal in size and their
+  # sizes add up to the batch: every row is held somewhere.
+  groups = {frozenset(rows) for rows in held.values()}
+  if len({len(g) for g in groups}) > 1 or sum(len(g) for g in groups) != shape[0]:
+    sizes = {p: len(rows) for p, rows in held.items()}
+    few, most = min(sizes, key=sizes.get), max(sizes, key=sizes.get)
+    detail = (f'process {few} holds {sizes[few]} rows, process {most} {sizes[most]}'
+              if sizes[few] != sizes[most] else 'some share only part of their rows')
+    raise ConfigError(
+        f'config.mesh: the batch axes lay the {shape[0]} rows of a batch unevenly over the '
+        f'{len(held)} processes ({detail}); choose sizes under which each process holds whole '
+        'batch shards, e.g. data x fsdp a multiple of the process count.')
+  return np.array(sorted(held[process_index]), np.int64)
 
 
 @contextlib.contextmanager

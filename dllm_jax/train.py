@@ -39,6 +39,10 @@ from dllm_jax import sharding
 ConfigError = config_lib.ConfigError
 BATCH_AXES = ('activation_batch', 'activation_length')
 NO_WEIGHT_DECAY = ('wte', 'attn_norm', 'ff_norm', 'ln_f')
+# Independent key streams from the seed's key, fold_in(seed key, stream): one initialises the
+# parameters, the other is TrainState.rng. (Step keys folded from the seed's key itself would
+# give step 0 the key that initialised the parameters.)
+INIT_STREAM, TRAIN_STREAM = 0, 1
 
 
 class TrainingDiverged(RuntimeError):
@@ -51,7 +55,24 @@ class TrainState:
   params: Any
   opt_state: Any
   ema_params: Any  # {} when the EMA is off
-  rng: jax.Array  # raw uint32 key data; step keys are fold_in(rng, step)
+  rng: jax.Array  # raw uint32 key data of the training stream; step keys: fold_in(rng, step)
+
+
+def loss_figures(objective: str, nats) -> dict:
+  """What a training loss in nats is logged as. The NELBO and the AR NLL are per token:
+  bits per token. SFT's loss, each answer's NELBO over its length averaged over rows, is no
+  per-token figure: it stays in nats under its own name."""
+  return {'sft_loss': nats} if objective == 'sft' else {'bits_per_token': nats / diffusion.LN2}
+
+
+def eval_figures(objective: str, nats: float, stderr_nats: float) -> dict:
+  """What an evaluation (see `evaluate`) reports: loss_figures' with its standard error and,
+  for per-token losses, the nats and the perplexity bound."""
+  if objective == 'sft':
+    return {'sft_loss': nats, 'sft_loss_stderr': stderr_nats}
+  return {'nelbo_nats': nats, 'bits_per_token': nats / diffusion.LN2,
+          'stderr_bits': stderr_nats / diffusion.LN2,
+          'perplexity_bound': diffusion.report(nats)['perplexity_bound']}
 
 
 def make_optimizer(train_config) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -71,12 +92,16 @@ def make_optimizer(train_config) -> tuple[optax.GradientTransformation, optax.Sc
   return optax.chain(*chain), schedule
 
 
-def make_train_step(loss_fn, optimizer, schedule, microbatches: int, ema_decay: float):
+def make_train_step(loss_fn, optimizer, schedule, microbatches: int, ema_decay: float, *,
+                    ema_warmup: bool = False, objective: str = 'elbo', param_shardings=None):
   """step(state, batch) -> (state, metrics); microbatches accumulate gradients in a scan.
 
   `loss_fn(params, batch, key)` reports sums (see diffusion.make_loss_fn): the gradients of
   'nelbo_sum' are added over microbatches and divided once by the summed 'normalizer', so
-  k microbatches give exactly the update of one batch.
+  k microbatches give exactly the update of one batch. The accumulator is laid out as
+  `param_shardings` (None: as the compiler likes). With `ema_warmup` the EMA decay at step
+  t is min(ema_decay, (1 + t) / (10 + t)), so early averages forget the random init.
+  `objective` names the logged loss (see loss_figures).
   """
 
   def grads_of(params, batch, key):
@@ -101,8 +126,11 @@ def make_train_step(loss_fn, optimizer, schedule, microbatches: int, ema_decay: 
                             grads_of(state.params, micro, jax.random.fold_in(key, i))), None
 
       zero_sums = {k: jnp.zeros((), jnp.float32) for k in diffusion.AUX_SUMS}
+      zero_grads = jax.tree.map(jnp.zeros_like, state.params)
+      if param_shardings is not None:  # else a full copy may land on every device
+        zero_grads = jax.lax.with_sharding_constraint(zero_grads, param_shardings)
       (grads, sums), _ = jax.lax.scan(
-          accumulate, (jax.tree.map(jnp.zeros_like, state.params), zero_sums),
+          accumulate, (zero_grads, zero_sums),
           (jnp.arange(microbatches), jax.tree.map(split, batch)))
     normalizer = jnp.maximum(sums['normalizer'], 1.0)
     grads = jax.tree.map(lambda g: g / normalizer.astype(g.dtype), grads)
@@ -110,9 +138,14 @@ def make_train_step(loss_fn, optimizer, schedule, microbatches: int, ema_decay: 
     params = optax.apply_updates(state.params, updates)
     ema = state.ema_params
     if ema_decay:
-      ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
+      decay = ema_decay
+      if ema_warmup:
+        t = state.step.astype(jnp.float32)
+        decay = jnp.minimum(ema_decay, (1.0 + t) / (10.0 + t))
+      ema = jax.tree.map(lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype),
+                         ema, params)
     loss = sums['nelbo_sum'] / normalizer
-    metrics = {'loss': loss, 'bits_per_token': loss / diffusion.LN2,
+    metrics = {'loss': loss, **loss_figures(objective, loss),
                'grad_norm': optax.tree.norm(grads), 'learning_rate': schedule(state.step),
                'masked_fraction': sums['masked'] / jnp.maximum(sums['targets'], 1.0)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
@@ -160,14 +193,7 @@ def build(config, mesh, tokenizer) -> Experiment:
   """Shardings, the jitted init and the jitted train/eval steps (not yet compiled)."""
   rules = config.logical_axis_rules
   t = config.train
-  batch_ways = mesh.shape['data'] * mesh.shape['fsdp']
-  if (t.batch_size // t.microbatches) % batch_ways:
-    raise ConfigError(f'config.train.batch_size: each microbatch ({t.batch_size} / '
-                      f'{t.microbatches}) must split over the data x fsdp mesh axes '
-                      f'({batch_ways} ways).')
-  if t.batch_size % jax.process_count():
-    raise ConfigError(f'config.train.batch_size: {t.batch_size} does not split over '
-                      f'{jax.process_count()} processes.')
+  batch_rows(config, mesh)  # the batch must split over the mesh and the processes
 
   model_config = model_lib.ModelConfig.from_config(config.model, vocab_size_for(config, tokenizer))
   graphdef, abstract_params, param_axes = model_lib.abstract_model(model_config)
@@ -182,12 +208,13 @@ def build(config, mesh, tokenizer) -> Experiment:
   state_sh = TrainState(step=replicated, params=param_sh, opt_state=opt_sh,
                         ema_params=param_sh if t.ema_decay else {}, rng=replicated)
 
-  def init_fn(rng):
-    key = jax.random.fold_in(jax.random.wrap_key_data(rng), 0)
-    params = model_lib.init_params(model_config, key)
+  def init_fn(seed_key_data):
+    seed_key = jax.random.wrap_key_data(seed_key_data)
+    params = model_lib.init_params(model_config, jax.random.fold_in(seed_key, INIT_STREAM))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=optimizer.init(params),
-                      ema_params=params if t.ema_decay else {}, rng=rng)
+                      ema_params=params if t.ema_decay else {},
+                      rng=jax.random.key_data(jax.random.fold_in(seed_key, TRAIN_STREAM)))
 
   rng = jax.random.key_data(jax.random.key(config.seed))
   abstract = jax.eval_shape(init_fn, rng)
@@ -197,21 +224,33 @@ def build(config, mesh, tokenizer) -> Experiment:
   logits_fn = model_lib.make_logits_fn(graphdef)
   noise = diffusion.schedule_from_config(config.diffusion)
   ids = (tokenizer.mask_id, tokenizer.vocab_size)
+  # The losses take the network split before its head, to compute logits a chunk at a time.
+  features_fn, head_fn = model_lib.make_features_fn(graphdef), model_lib.make_head_fn(graphdef)
+
+  def make_loss(padded: bool, discrete_steps: int = 0):
+    if t.objective == 'sft':
+      return diffusion.make_sft_loss_fn(features_fn, noise, *ids, head_fn=head_fn, padded=padded)
+    if t.objective == 'ar':
+      return autoregressive.make_loss_fn(features_fn, tokenizer.bos_id, *ids, head_fn=head_fn,
+                                         padded=padded)
+    return diffusion.make_loss_fn(features_fn, noise, *ids, discrete_steps, head_fn=head_fn,
+                                  padded=padded)
+
+  # Training rows are full (packed text; SFT answers padded with EOS, which counts) or, for
+  # a conversation with no room for an answer, all padding and scoring nothing. The train
+  # step thus attends without a key mask (_loop checks); validation rows may be partly padded.
+  loss_fn = make_loss(padded=True)
   discrete_loss_fn = None
-  if t.objective == 'sft':
-    loss_fn = diffusion.make_sft_loss_fn(logits_fn, noise, *ids)
-  elif t.objective == 'ar':
-    loss_fn = autoregressive.make_loss_fn(logits_fn, tokenizer.bos_id, *ids)
-  else:
-    loss_fn = diffusion.make_loss_fn(logits_fn, noise, *ids)
-    if config.eval.discrete_steps:
-      discrete_loss_fn = diffusion.make_loss_fn(logits_fn, noise, *ids,
-                                                config.eval.discrete_steps)
+  if t.objective == 'elbo' and config.eval.discrete_steps:
+    discrete_loss_fn = make_loss(True, config.eval.discrete_steps)
   batch_sh = sharding.named_sharding(mesh, rules, BATCH_AXES)
   batch_tree = {k: batch_sh for k in batch_fields(config)}
-  train_step = jax.jit(make_train_step(loss_fn, optimizer, schedule, t.microbatches, t.ema_decay),
-                       in_shardings=(state_sh, batch_tree), out_shardings=(state_sh, replicated),
-                       donate_argnums=0)
+  train_step = jax.jit(
+      make_train_step(make_loss(padded=False), optimizer, schedule, t.microbatches,
+                      t.ema_decay, ema_warmup=t.ema_warmup, objective=t.objective,
+                      param_shardings=param_sh),
+      in_shardings=(state_sh, batch_tree), out_shardings=(state_sh, replicated),
+      donate_argnums=0)
   eval_step, discrete_eval_step = (
       fn and jax.jit(make_eval_step(fn), in_shardings=(param_sh, batch_tree, replicated),
                      out_shardings=replicated) for fn in (loss_fn, discrete_loss_fn))
@@ -304,15 +343,32 @@ def _check_finite(step, values, checkpointer):
           f'checkpoint is step {checkpointer.latest_step()} in {checkpointer.directory}.')
 
 
-def evaluate(exp: Experiment, params, batches: list[dict], key: jax.Array,
-             eval_step=None) -> float:
-  """Validation NELBO in nats/token over fixed batches, one t per row, keys from `key`."""
+def evaluate(exp: Experiment, params, batches: list[dict], eval_step=None) -> tuple[float, float]:
+  """The validation loss in nats (per token, but for SFT) and its standard error: the one
+  evaluation of training and --config.mode=eval.
+
+  Each of `eval.t_samples` passes over the fixed batches draws a fresh antithetic t per row
+  from fixed keys, so calls on the same parameters agree; the passes' spread gives the
+  standard error of the Monte Carlo estimate. The AR NLL is exact: one pass, error 0.
+  `eval_step` (default: exp.eval_step, the continuous bound) may be another bound's.
+  """
+  config = exp.config
   eval_step = eval_step or exp.eval_step
-  nelbo, tokens = 0.0, 0
-  for i, batch in enumerate(batches):
-    n, c = eval_step(params, global_batch(batch, exp.batch_sharding), jax.random.fold_in(key, i))
-    nelbo, tokens = nelbo + float(n), tokens + int(c)
-  return nelbo / max(tokens, 1)
+  num_passes = 1 if config.train.objective == 'ar' else config.eval.t_samples
+  on_device = [global_batch(b, exp.batch_sharding) for b in batches]
+  passes = []
+  for r in range(num_passes):
+    key = jax.random.fold_in(_eval_key(config), r)
+    nelbo, tokens = 0.0, 0
+    for i, batch in enumerate(on_device):
+      # Pulled step by step: many sharded steps in flight at once can deadlock the CPU
+      # backend's collectives (XLA's rendezvous times out).
+      n, c = eval_step(params, batch, jax.random.fold_in(key, i))
+      nelbo, tokens = nelbo + float(n), tokens + int(c)
+    passes.append(nelbo / max(tokens, 1))
+  passes = np.array(passes)
+  stderr = passes.std(ddof=1) / math.sqrt(len(passes)) if len(passes) > 1 else 0.0
+  return float(passes.mean()), float(stderr)
 
 
 def _eval_key(config) -> jax.Array:
@@ -320,39 +376,61 @@ def _eval_key(config) -> jax.Array:
 
 
 def token_streams(config, tokenizer, roles) -> dict:
-  """This process's cached token streams of the train and/or eval splits."""
-  pidx, pcount = jax.process_index(), jax.process_count()
-  sources = data_lib.open_sources(
-      config.data, is_coordinator=pidx == 0,
-      barrier=lambda: multihost_utils.sync_global_devices('dllm_jax:data_prepared'))
-  return {role: data_lib.token_stream(sources[role].records, tokenizer, sources[role].cache_dir,
-                                      text_key=config.data.text_key, process_index=pidx,
-                                      process_count=pcount)
-          for role in roles}
+  """The cached token streams of the train and/or eval splits, the same on every process:
+  process 0 prepares and tokenizes while the others wait, then they read its cache (or,
+  without a shared filesystem, make their own, identical one)."""
+  first = jax.process_index() == 0
+  sync = lambda name: multihost_utils.sync_global_devices(f'dllm_jax:{name}')
+  sources = data_lib.open_sources(config.data, is_coordinator=first,
+                                  barrier=lambda: sync('data_prepared'))
+  stream = lambda role: data_lib.token_stream(sources[role].records, tokenizer,
+                                              sources[role].cache_dir,
+                                              text_key=config.data.text_key)
+  if first:
+    for role in roles:
+      stream(role)
+  sync('data_tokenized')
+  return {role: stream(role) for role in roles}
 
 
-def _data(config, tokenizer, with_train: bool = True):
-  """(this process's training iterator or None, its fixed validation batches)."""
+def batch_rows(config, mesh) -> np.ndarray:
+  """The rows of each global batch that this process feeds (see sharding.process_rows);
+  a ConfigError when the batch does not split over the mesh and the processes."""
+  t = config.train
+  batch_ways = mesh.shape['data'] * mesh.shape['fsdp']
+  if (t.batch_size // t.microbatches) % batch_ways:
+    raise ConfigError(f'config.train.batch_size: each microbatch ({t.batch_size} / '
+                      f'{t.microbatches}) must split over the data x fsdp mesh axes '
+                      f'({batch_ways} ways).')
+  batch_sh = sharding.named_sharding(mesh, config.logical_axis_rules, BATCH_AXES)
+  return sharding.process_rows(batch_sh, (t.batch_size, config.data.seq_len))
+
+
+def _data(config, tokenizer, mesh, with_train: bool = True):
+  """(this process's training iterator or None, its rows of the fixed validation batches).
+
+  Batches are global, the same for any number of processes; each process reads its rows.
+  """
   d, t = config.data, config.train
-  local_batch = t.batch_size // jax.process_count()
+  rows = batch_rows(config, mesh)
   if t.objective == 'sft':
-    pidx, pcount = jax.process_index(), jax.process_count()
     template = data_lib.ChatTemplate(os.path.join(os.path.dirname(d.tokenizer),
                                                   'tokenizer_config.json'))
     splits = data_lib.open_chat_records(d)
     train_iter = with_train and data_lib.sft_iterator(
-        splits['train'], tokenizer, template, seq_len=d.seq_len, batch_size=local_batch,
-        seed=d.shuffle_seed, process_index=pidx, process_count=pcount)
+        splits['train'], tokenizer, template, seq_len=d.seq_len, batch_size=t.batch_size,
+        seed=d.shuffle_seed, rows=rows)
     eval_data = data_lib.sft_eval_batches(
-        splits['eval'], tokenizer, template, seq_len=d.seq_len, batch_size=local_batch,
-        num_batches=t.eval_batches, process_index=pidx, process_count=pcount)
+        splits['eval'], tokenizer, template, seq_len=d.seq_len, batch_size=t.batch_size,
+        num_batches=t.eval_batches, rows=rows)
     return train_iter or None, eval_data
   streams = token_streams(config, tokenizer, ('train', 'eval') if with_train else ('eval',))
   train_iter = with_train and data_lib.train_iterator(
-      streams['train'], tokenizer, seq_len=d.seq_len, batch_size=local_batch,
-      seed=d.shuffle_seed)
+      streams['train'], tokenizer, seq_len=d.seq_len, batch_size=t.batch_size,
+      seed=d.shuffle_seed, rows=rows)
   eval_data = data_lib.eval_batches(streams['eval'], tokenizer, seq_len=d.seq_len,
-                                    batch_size=local_batch, num_batches=t.eval_batches)
+                                    batch_size=t.batch_size, num_batches=t.eval_batches,
+                                    rows=rows)
   return train_iter or None, eval_data
 
 
@@ -384,7 +462,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   workdir = os.path.abspath(workdir)
   mesh = sharding.make_mesh(config.mesh, devices)
   tokenizer = data_lib.make_tokenizer(config.data.tokenizer)
-  train_iter, eval_data = _data(config, tokenizer)
+  train_iter, eval_data = _data(config, tokenizer, mesh)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
@@ -434,7 +512,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   config_lib.validate(config)
   mesh = sharding.make_mesh(config.mesh)
   tokenizer = data_lib.make_tokenizer(config.data.tokenizer)
-  _, eval_data = _data(config, tokenizer, with_train=False)
+  _, eval_data = _data(config, tokenizer, mesh, with_train=False)
   with sharding.use_mesh(mesh, config.logical_axis_rules):
     exp = build(config, mesh, tokenizer)
     with ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
@@ -448,26 +526,18 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
         raise ckpt_lib.CheckpointError(f'checkpoint {step} does not fit the config '
                                        f'({", ".join(sorted(mismatch))} differ).')
       params = checkpointer.restore_params(step, exp.abstract_state.params)
-    report = {'step': step, 't_samples': config.eval.t_samples,
-              'tokens': int(sum(b['valid'].sum() for b in eval_data)) * jax.process_count()}
-    # The autoregressive NLL is exact: one pass (its standard error is 0).
-    bounds = {'autoregressive_nll' if config.train.objective == 'ar' else 'continuous':
-              exp.eval_step}
+    # Counted on the global batches: processes may hold the same rows.
+    tokens = sum(int(jnp.sum(global_batch(b, exp.batch_sharding)['valid'])) for b in eval_data)
+    report = {'step': step, 't_samples': config.eval.t_samples, 'tokens': tokens}
+    objective = config.train.objective
+    bounds = {'autoregressive_nll' if objective == 'ar' else 'continuous': exp.eval_step}
     if exp.discrete_eval_step is not None:
       bounds[f'discrete_T{config.eval.discrete_steps}'] = exp.discrete_eval_step
-    passes_per_bound = 1 if config.train.objective == 'ar' else config.eval.t_samples
     for name, eval_step in bounds.items():
-      passes = np.array([evaluate(exp, params, eval_data,
-                                  jax.random.fold_in(_eval_key(config), r), eval_step)
-                         for r in range(passes_per_bound)])
-      nats = passes.mean()
-      stderr = passes.std(ddof=1) / math.sqrt(len(passes)) if len(passes) > 1 else 0.0
-      report[name] = {'nelbo_nats': nats, 'bits_per_token': nats / diffusion.LN2,
-                      'stderr_bits': stderr / diffusion.LN2,
-                      'perplexity_bound': diffusion.report(nats)['perplexity_bound']}
-      logging.info('step %d, %s: %.4f +- %.4f bits/token (%s)', step, name,
-                   nats / diffusion.LN2, stderr / diffusion.LN2,
-                   'exact' if config.train.objective == 'ar' else f'{len(passes)} t per row')
+      report[name] = eval_figures(objective, *evaluate(exp, params, eval_data, eval_step))
+      logging.info('step %d, %s (%s): %s', step, name,
+                   'exact' if objective == 'ar' else f'{config.eval.t_samples} t per row',
+                   ', '.join(f'{k} {v:.4f}' for k, v in report[name].items()))
   if jax.process_index() == 0:
     with open(os.path.join(workdir, f'eval_{step}.json'), 'w', encoding='utf-8') as f:
       json.dump(report, f, indent=2)
@@ -488,12 +558,12 @@ def _print_samples(exp: Experiment, params, eval_data) -> list[str]:
                                       eos_id=tok.eos_id, gen_length=gen_length,
                                       temperature=s.temperature)
     decode_fn = model_lib.make_decode_fn(model_lib.abstract_model(exp.model_config)[0])
-    generated = jax.jit(autoregressive.generate, static_argnums=(0, 1, 6))(
-        decode_fn, exp.model_config, params, tokens, jnp.ones_like(tokens, bool), key, cfg)
+    generated = autoregressive.generate(decode_fn, exp.model_config, params, tokens,
+                                        jnp.ones_like(tokens, bool), key, cfg)
   else:
     canvas = jnp.concatenate([tokens, jnp.full((tokens.shape[0], gen_length), tok.mask_id)], 1)
-    generated = jax.jit(sampling.sample, static_argnums=(0, 4, 5))(
-        exp.logits_fn, params, canvas, key, exp.sampler_config, prompt_len).tokens[:, prompt_len:]
+    generated = sampling.sample(exp.logits_fn, params, canvas, key, exp.sampler_config,
+                                prompt_len).tokens[:, prompt_len:]
   prompts = multihost_utils.process_allgather(tokens, tiled=True)[:n]
   completions = multihost_utils.process_allgather(generated, tiled=True)[:n]
   texts = []
@@ -537,7 +607,7 @@ def _loop(exp: Experiment, state, train_step, train_iter, eval_data, checkpointe
     pending = None
     step = start_step
     while step < t.num_steps:
-      batch = global_batch(next(train_iter), exp.batch_sharding)
+      batch = global_batch(_whole_rows(next(train_iter)), exp.batch_sharding)
       state, metrics = train_step(state, batch)  # dispatched; runs while we look at the last
       step += 1
       if pending is not None:
@@ -554,8 +624,8 @@ def _loop(exp: Experiment, state, train_step, train_iter, eval_data, checkpointe
         pending = None
         paused = time.perf_counter()
         if do_eval:
-          evals[step] = evaluate(exp, state.params, eval_data, _eval_key(config))
-          values.update(_eval_report(exp, state, eval_data, evals[step]))
+          evals[step], report = _eval_report(exp, state, eval_data)
+          values.update(report)
         writer.write(step, values)
         if do_save:
           checkpointer.save(step, state, train_iter, exp.meta)
@@ -569,10 +639,23 @@ def _loop(exp: Experiment, state, train_step, train_iter, eval_data, checkpointe
           'preempted': step < t.num_steps, 'state': state}
 
 
-def _eval_report(exp, state, eval_data, nats) -> dict:
-  report = {'eval_nelbo_nats': nats, 'eval_bits_per_token': nats / diffusion.LN2,
-            'eval_perplexity_bound': diffusion.report(nats)['perplexity_bound']}
+def _eval_report(exp, state, eval_data) -> tuple[float, dict]:
+  """(the validation loss in nats, the figures to log) of the parameters and their EMA."""
+  objective = exp.config.train.objective
+  nats, stderr = evaluate(exp, state.params, eval_data)
+  report = {f'eval_{k}': v for k, v in eval_figures(objective, nats, stderr).items()}
   if exp.config.train.ema_decay:
-    report['eval_ema_bits_per_token'] = evaluate(exp, state.ema_params, eval_data,
-                                                 _eval_key(exp.config)) / diffusion.LN2
-  return report
+    ema = eval_figures(objective, *evaluate(exp, state.ema_params, eval_data))
+    report.update({f'eval_ema_{k}': v for k, v in ema.items()})
+  return nats, report
+
+
+def _whole_rows(batch: dict) -> dict:
+  """A training batch, checked to hold no partly padded row: the train step attends without
+  a key mask (see build), which changes nothing for full rows and for rows of padding only
+  (they score nothing)."""
+  valid_BxL = np.asarray(batch['valid'], bool)
+  if np.any(valid_BxL.any(axis=1) & ~valid_BxL.all(axis=1)):
+    raise data_lib.DataError('a training batch has a partly padded row, but the train step '
+                             'runs attention without a key mask; the pipeline must fill rows.')
+  return batch

@@ -117,7 +117,7 @@ def test_token_stream_joins_documents_with_eos_and_is_cached(splits):
   expected = np.concatenate([np.append(tok.encode(r['text']), tok.eos_id)
                              for r in splits['eval'].records])
   np.testing.assert_array_equal(tokens, expected)
-  cached = [f for f in os.listdir(splits['eval'].cache_dir) if f.startswith('bytes-text-0of1')]
+  cached = [f for f in os.listdir(splits['eval'].cache_dir) if f.startswith('bytes-text.')]
   assert len(cached) == 1 and tokens.dtype == np.uint16
   np.testing.assert_array_equal(stream(splits['eval']), expected)  # read back from the cache
 
@@ -169,15 +169,68 @@ def test_eval_batches_count_every_token_once_and_no_padding(splits):
     assert np.all(b['tokens'][~b['valid']] == tok.pad_id)
 
 
-def test_each_process_reads_its_own_documents(splits):
-  first = stream(splits['eval'], process_index=0, process_count=2)
-  second = stream(splits['eval'], process_index=1, process_count=2)
-  assert len(first) > 0 and len(second) > 0
-  assert len(first) + len(second) == len(stream(splits['eval']))
-  assert not np.array_equal(first[:100], second[:100])
+def test_processes_read_their_rows_of_the_same_global_batches(splits):
+  """Two processes holding rows [0, 4) and [4, 8) together see the one-process batches, in
+  training and evaluation, and resume each from its own state."""
+  tok = data.ByteTokenizer()
+  halves = [np.arange(4), np.arange(4, 8)]
+  settings = dict(seq_len=64, batch_size=8)
+  whole = _take(data.train_iterator(stream(splits['train']), tok, seed=0, **settings), 6)
+  parts = [data.train_iterator(stream(splits['train']), tok, seed=0, rows=r, **settings)
+           for r in halves]
+  for want in whole[:3]:
+    got = [next(it) for it in parts]
+    np.testing.assert_array_equal(np.concatenate([g['tokens'] for g in got]), want['tokens'])
+  resumed = data.train_iterator(stream(splits['train']), tok, seed=0, rows=halves[1],
+                                **settings)
+  resumed.set_state(json.loads(json.dumps(parts[1].get_state())))
+  for want in whole[3:]:
+    np.testing.assert_array_equal(next(resumed)['tokens'], want['tokens'][4:])
+
+  evals = [data.eval_batches(stream(splits['eval']), tok, num_batches=3, rows=r, **settings)
+           for r in [None, *halves]]
+  for want, first, second in zip(*evals):
+    for k in ('tokens', 'valid'):
+      np.testing.assert_array_equal(np.concatenate([first[k], second[k]]), want[k])
 
 
 def test_a_split_smaller_than_one_batch_is_a_clear_error(splits):
   with pytest.raises(data.DataError, match='fewer than one batch'):
     data.train_iterator(stream(splits['eval'])[:100], data.ByteTokenizer(), seq_len=64,
                         batch_size=4, seed=0)
+
+
+class _LinesTemplate:
+  """A chat template of 'role: content' lines: SFT rows without a tokenizer directory."""
+
+  def encode(self, tokenizer, messages, add_generation_prompt=True):
+    text = ''.join(f"{m['role']}: {m['content']}\n" for m in messages)
+    return tokenizer.encode(text + ('assistant: ' if add_generation_prompt else ''))
+
+
+def test_sft_batches_are_global_and_split_over_processes_by_rows():
+  tok, template = data.ByteTokenizer(), _LinesTemplate()
+  # Every fifth prompt alone fills the 24-token row.
+  conversations = [[{'role': 'user', 'content': 'q' * (40 if i % 5 == 0 else 4)},
+                    {'role': 'assistant', 'content': str(i)}] for i in range(30)]
+  settings = dict(seq_len=24, batch_size=4)
+  halves = [np.arange(2), np.arange(2, 4)]
+  whole = _take(data.sft_iterator(conversations, tok, template, seed=0, **settings), 10)
+  parts = [data.sft_iterator(conversations, tok, template, seed=0, rows=r, **settings)
+           for r in halves]
+  for want in whole:
+    got = [next(it) for it in parts]
+    for k in ('tokens', 'valid', 'prompt'):
+      np.testing.assert_array_equal(np.concatenate([g[k] for g in got]), want[k])
+  # A prompt with no room for an answer is a row that counts for nothing (all prompt, no
+  # padding: training rows are never padded), not a skipped one.
+  answers = np.concatenate([(b['valid'] & ~b['prompt']).any(axis=1) for b in whole])
+  assert 0 < (~answers).sum() < len(answers) // 2
+  assert all(b['valid'].all() for b in whole)
+
+  evals = [data.sft_eval_batches(conversations, tok, template, num_batches=3, rows=r,
+                                 **settings) for r in [None, *halves]]
+  for want, first, second in zip(*evals):
+    assert want['valid'].all()  # the 24 conversations that fit fill all 12 rows
+    for k in ('tokens', 'valid', 'prompt'):
+      np.testing.assert_array_equal(np.concatenate([first[k], second[k]]), want[k])

@@ -2,11 +2,13 @@
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dllm_jax import autoregressive
 from dllm_jax import diffusion
 from dllm_jax import model as model_lib
 
@@ -109,6 +111,61 @@ def test_padding_never_changes_the_loss():
   np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
   assert int(aux_a['normalizer']) == int(valid.sum())
   np.testing.assert_allclose(aux_a['nelbo_sum'], aux_b['nelbo_sum'], rtol=1e-6)
+
+
+def test_scored_cross_entropy_in_chunks_is_the_masked_cross_entropy(monkeypatch):
+  monkeypatch.setattr(diffusion, 'CE_CHUNK_BYTES', 4 * NUM_LOGITS * 3 * 4)  # 4 per row
+  logits = jax.random.normal(jax.random.key(0), (3, 13, NUM_LOGITS))
+  targets = jax.random.randint(jax.random.key(1), (3, 13), 0, DATA_VOCAB - 1)
+  scored = jax.random.bernoulli(jax.random.key(2), 0.5, (3, 13))
+  expected = jnp.where(scored, diffusion.cross_entropy(logits, targets, MASK_ID, DATA_VOCAB), 0)
+  np.testing.assert_array_equal(
+      diffusion.scored_cross_entropy(None, None, logits, targets, scored, MASK_ID, DATA_VOCAB),
+      expected)
+
+
+@pytest.mark.parametrize('objective', ['elbo', 'sft', 'ar'])
+def test_logits_a_chunk_at_a_time_give_the_same_loss_and_gradients(objective, monkeypatch):
+  """The network split before its head, the loss computes logits a few positions at a time
+  (here 5 per row, the last chunk padded) and equals the loss of the whole network's logits;
+  on batches with no partly padded row, so does the loss without a key mask."""
+  cfg = model_lib.ModelConfig(vocab_size=NUM_LOGITS, d_model=16, n_layers=1, n_heads=2,
+                              n_kv_heads=2, head_dim=8, mlp_dim=32, causal=objective == 'ar')
+  params = model_lib.init_params(cfg, jax.random.key(0))
+  graphdef = model_lib.abstract_model(cfg)[0]
+
+  def make(logits_fn, **kwargs):
+    schedule = diffusion.Schedule('linear')
+    if objective == 'sft':
+      return diffusion.make_sft_loss_fn(logits_fn, schedule, MASK_ID, DATA_VOCAB, **kwargs)
+    if objective == 'ar':
+      return autoregressive.make_loss_fn(logits_fn, 10, MASK_ID, DATA_VOCAB, **kwargs)
+    return diffusion.make_loss_fn(logits_fn, schedule, MASK_ID, DATA_VOCAB, **kwargs)
+
+  tokens = jax.random.randint(jax.random.key(1), (4, 23), 0, DATA_VOCAB - 1)
+  prompt = jnp.arange(23)[None, :] < jnp.array([3, 5, 7, 2])[:, None]
+  # Whole rows: each all tokens or, like an SFT row with no room for an answer, all padding.
+  whole_rows = {'tokens': tokens, 'valid': jnp.broadcast_to(jnp.arange(4)[:, None] < 3, (4, 23)),
+                'prompt': prompt}
+  padded = dict(whole_rows, valid=jnp.arange(23)[None, :] < jnp.array([23, 20, 10, 3])[:, None])
+  monkeypatch.setattr(diffusion, 'CE_CHUNK_BYTES', 4 * NUM_LOGITS * 4 * 5)
+  # Logits at every position in one call; slicing them in chunks is the plain cross-entropy
+  # (the test above).
+  all_logits = make(model_lib.make_logits_fn(graphdef))
+  features_fn, head_fn = model_lib.make_features_fn(graphdef), model_lib.make_head_fn(graphdef)
+  split = make(features_fn, head_fn=head_fn)
+  unmasked = make(features_fn, head_fn=head_fn, padded=False)
+
+  @jax.jit  # one compilation for all
+  def losses_and_grads():
+    value_and_grad = lambda loss_fn, batch: jax.value_and_grad(
+        lambda p: loss_fn(p, batch, jax.random.key(2))[0])(params)
+    return (value_and_grad(all_logits, padded), value_and_grad(split, padded),
+            value_and_grad(all_logits, whole_rows), value_and_grad(unmasked, whole_rows))
+
+  expected_padded, got_padded, expected_whole, got_whole = losses_and_grads()
+  chex.assert_trees_all_close(got_padded, expected_padded, rtol=1e-5, atol=1e-7)
+  chex.assert_trees_all_close(got_whole, expected_whole, rtol=1e-5, atol=1e-7)
 
 
 def test_report_units():

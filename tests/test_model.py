@@ -72,6 +72,15 @@ def test_causal_output_ignores_later_inputs(params):
   np.testing.assert_array_equal(g[4:], 0.0)
 
 
+def test_features_then_head_are_the_logits(params):
+  x, valid = tokens(), jnp.arange(L)[None, :].repeat(B, 0) < 9
+  graphdef = model_lib.abstract_model(CFG)[0]
+  features = model_lib.make_features_fn(graphdef)(params, x, valid)
+  chex.assert_shape(features, (B, L, CFG.d_model))
+  np.testing.assert_allclose(model_lib.make_head_fn(graphdef)(params, features),
+                             model_lib.apply(CFG, params, x, valid), rtol=1e-6, atol=1e-6)
+
+
 def test_key_padding_mask_hides_padded_positions(params):
   x = tokens()
   valid = jnp.arange(L)[None, :].repeat(B, 0) < 8
