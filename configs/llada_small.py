@@ -4,8 +4,8 @@ The default run needs no download: its corpus is the source tree of the Python r
 
   python -m dllm_jax.main --config=configs/llada_small.py --workdir=/tmp/llada_small
 
-Expected (2-core CPU, see BENCHMARKS.md): about 11 minutes; validation NELBO about 3.3 bits
-per byte at step 900, against 8 for a uniform model.
+Expected (2-core CPU at 0.5 TFLOP/s, see BENCHMARKS.md): about 11 minutes; validation NELBO
+about 3.2-3.3 bits per byte at step 900, against 8 for a uniform model.
 
 Variants, chosen after the colon:
   small  the default above.

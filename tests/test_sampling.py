@@ -445,6 +445,18 @@ def test_multiple_choice_picks_the_answer_the_model_prefers(tiny):
                                         jax.random.key(1), mask_id=MASK, vocab_size=V,
                                         mc_num=64, batch_size=16)
   assert best == 1 and all(math.isfinite(n) for n in nlls)
+  # Other prompts and answers within the same length buckets compile nothing new, and an
+  # answer scored alone or among others gets the same estimate (the same random numbers).
+  shorter = [np.asarray(c)[:3] for c in choices]
+  with count_compilations() as compiled:
+    again = sampling.multiple_choice(logits_fn, params, prompt[:3], shorter,
+                                     jax.random.key(1), mask_id=MASK, vocab_size=V,
+                                     mc_num=64, batch_size=16)[1]
+  assert not compiled
+  alone = sampling.conditional_nll(logits_fn, params, prompt[:3], shorter[1],
+                                   jax.random.key(1), mask_id=MASK, vocab_size=V, mc_num=64,
+                                   batch_size=16)[0]
+  assert float(alone) == pytest.approx(again[1], rel=1e-5)
 
 
 def test_rows_with_their_own_settings_sample_as_they_would_alone(tiny):

@@ -224,13 +224,16 @@ def test_gradient_accumulation_equals_the_full_batch_gradient():
     np.testing.assert_allclose(metrics['loss'], outs[0][1]['loss'], rtol=1e-6)
 
 
-def test_ema_tracks_the_parameters():
-  def loss_fn(params, batch, key):
-    del batch, key
-    s = jnp.sum(params['w'] ** 2)
-    one = jnp.float32(1.0)
-    return s, {'nelbo_sum': s, 'normalizer': one, 'masked': one, 'targets': one}
+def squared_norm_loss(params, batch, key):
+  """|w|^2 with the aux sums of a loss_fn: its gradient step is w - lr * 2w."""
+  del batch, key
+  s = jnp.sum(params['w'] ** 2)
+  one = jnp.float32(1.0)
+  return s, {'nelbo_sum': s, 'normalizer': one, 'masked': one, 'targets': one}
 
+
+def test_ema_tracks_the_parameters():
+  loss_fn = squared_norm_loss
   optimizer = optax.sgd(0.5)
   params = {'w': jnp.ones(3)}
   state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -243,12 +246,7 @@ def test_ema_tracks_the_parameters():
 
 
 def test_ema_warmup_decays_by_min_d_and_1_plus_t_over_10_plus_t():
-  def loss_fn(params, batch, key):
-    del batch, key
-    s = jnp.sum(params['w'] ** 2)
-    one = jnp.float32(1.0)
-    return s, {'nelbo_sum': s, 'normalizer': one, 'masked': one, 'targets': one}
-
+  loss_fn = squared_norm_loss
   optimizer = optax.sgd(0.25)
   params = {'w': jnp.ones(3)}
   batch = {'tokens': jnp.zeros((2, 2), jnp.int32), 'valid': jnp.ones((2, 2), bool)}

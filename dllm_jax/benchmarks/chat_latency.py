@@ -53,6 +53,7 @@ def _model(out: str) -> str:
 
 
 def _turns(checkpoint: str) -> list[dict]:
+  # Its own listener, not the tests' helper: this file also runs against older checkouts.
   compiled = []
 
   def listener(event, duration_s, **kwargs):
