@@ -243,7 +243,6 @@ def generate_ids(model: Model, encoded, *, attention_mask=None, gen_length: int 
         top_p=top_p, cfg_scale=cfg_scale, forbid_eos=forbid_eos, time_grid=time_grid,
         schedule=model.diffusion_schedule, block_cache=block_cache,
         fill_prompt_masks=fill_prompt_masks)
-    sampling.validate(cfg, width + gen_length, width)
     full = np.concatenate([canvas, np.full((batch, gen_length), tok.mask_id, np.int32)], 1)
     mask = np.concatenate([canvas_valid, np.ones((batch, gen_length), bool)], axis=1)
     with model.placed():
@@ -301,7 +300,6 @@ def infill(model: Model, text: str, *, num_samples: int = 1, steps: int = 0,
       steps=steps or int(np.sum(canvas == tok.mask_id)), temperature=temperature, top_k=top_k,
       top_p=top_p, cfg_scale=cfg_scale, forbid_eos=forbid_eos, time_grid=time_grid,
       schedule=model.diffusion_schedule)
-  sampling.validate(cfg, len(canvas), 0)
   # Padded on the right to a bucket, out of attention: texts of similar length share a program.
   width = min(sampling.bucket(len(canvas)), model.config.max_seq_len)
   padded = np.pad(canvas, (0, width - len(canvas)), constant_values=tok.pad_id)
