@@ -29,6 +29,7 @@ def define_flags():
   flags.DEFINE_integer('gen_length', 128, 'Tokens per answer.')
   flags.DEFINE_integer('steps', 128, 'Denoising steps per answer.')
   flags.DEFINE_integer('block_length', 32, 'Semi-autoregressive block length.')
+  generate.define_sampler_flags()
   flags.DEFINE_float('temperature', 0.0, '0 decodes greedily.')
   flags.DEFINE_float('cfg_scale', 0.0, 'Classifier-free guidance weight.')
   flags.DEFINE_bool('block_cache', False, 'Reuse the keys and values outside the current '
@@ -65,7 +66,8 @@ def main(argv):
   cli.use_compilation_cache(f.compilation_cache)
   settings = dict(gen_length=f.gen_length, steps=f.steps, block_length=f.block_length,
                   temperature=f.temperature, cfg_scale=f.cfg_scale, seed=f.seed,
-                  block_cache=f.block_cache)
+                  block_cache=f.block_cache, **generate.sampler_settings(f),
+                  stop_at_eos=True)  # the answer ends at its EOS: no calls after it
   try:
     model, template = load_for_chat(f.checkpoint, f.hf_dir, generate.parse_mesh(f.mesh),
                                     f.dtype)

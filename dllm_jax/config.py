@@ -14,7 +14,9 @@ DTYPES = ('float32', 'bfloat16')
 DATA_SOURCES = ('text_files', 'tfds', 'chat_jsonl')
 OBJECTIVES = ('elbo', 'sft', 'ar')
 MODES = ('train', 'eval')
-SAMPLERS = ('ancestral', 'low_confidence', 'margin', 'entropy', 'random')
+# ancestral, then the remasking samplers: fixed schedules, then adaptive ones (sampling.py).
+SAMPLERS = ('ancestral', 'low_confidence', 'margin', 'entropy', 'random', 'threshold', 'factor',
+            'entropy_bound')
 MESH_AXES = ('data', 'fsdp', 'tensor')
 
 

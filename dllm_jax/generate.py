@@ -75,6 +75,7 @@ class Completion:
   tokens: np.ndarray  # the generated ids, uncut
   commit_step: np.ndarray  # the step at which each generated position was committed
   canvas: np.ndarray  # the whole row: the prompt as laid out (and filled), then `tokens`
+  nfe: int  # the model calls this row used (an AR model: one per token)
 
 
 def _resolve(workdir: str | None, checkpoint: str | None) -> tuple[str, int | None]:
@@ -189,7 +190,8 @@ def generate_ids(model: Model, encoded, *, attention_mask=None, gen_length: int 
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                  cfg_scale: float = 0.0, forbid_eos: bool = False, seed: int = 0,
                  time_grid: str = 'uniform', block_cache: bool = False,
-                 fill_prompt_masks: bool = False) -> list[Completion]:
+                 fill_prompt_masks: bool = False, threshold: float = 0.9, factor: float = 1.0,
+                 entropy_bound: float = 0.1, stop_at_eos: bool = False) -> list[Completion]:
   """Completes each tokenized prompt in one batch, every row's generation starting at the
   same position. `encoded` is a list of id arrays (left-padded here to the longest) or, as
   LLaDA's generate() takes it, a pre-padded [B, P] array with its `attention_mask` (True on
@@ -202,7 +204,10 @@ def generate_ids(model: Model, encoded, *, attention_mask=None, gen_length: int 
   prompts reach. `block_cache` reuses keys and values outside the current block within it
   (Fast-dLLM's dual cache; see `sampling.SamplerConfig`): faster, approximate. A prompt
   holding the mask token is refused unless `fill_prompt_masks`, which fills those positions
-  too, as LLaDA's generate() does.
+  too, as LLaDA's generate() does. The adaptive samplers ('threshold', 'factor',
+  'entropy_bound') commit as many tokens per step as their bound allows and at least what
+  `steps` would; `stop_at_eos` ends a row at its first EOS once all before it is decided.
+  Each Completion counts the model calls its row used (`nfe`).
 
   A causal (autoregressive) model decodes with its key/value cache: `temperature`, `top_k`,
   `top_p` and `forbid_eos` apply, the diffusion settings do not, and token i is "committed"
@@ -236,19 +241,21 @@ def generate_ids(model: Model, encoded, *, attention_mask=None, gen_length: int 
                                           canvas_valid, jax.random.key(seed), cfg)
     generated = np.asarray(jax.device_get(generated))
     commits = np.broadcast_to(np.arange(gen_length), generated.shape)
+    nfe = np.full(batch, gen_length)
   else:
     cfg = sampling.SamplerConfig(
         mask_id=tok.mask_id, vocab_size=tok.vocab_size, eos_id=tok.eos_id, sampler=sampler,
         steps=steps, block_length=block_length, temperature=temperature, top_k=top_k,
         top_p=top_p, cfg_scale=cfg_scale, forbid_eos=forbid_eos, time_grid=time_grid,
         schedule=model.diffusion_schedule, block_cache=block_cache,
-        fill_prompt_masks=fill_prompt_masks)
+        fill_prompt_masks=fill_prompt_masks, threshold=threshold, factor=factor,
+        entropy_bound=entropy_bound, stop_at_eos=stop_at_eos)
     full = np.concatenate([canvas, np.full((batch, gen_length), tok.mask_id, np.int32)], 1)
     mask = np.concatenate([canvas_valid, np.ones((batch, gen_length), bool)], axis=1)
     with model.placed():
       out = sampling.sample(model.logits_fn, model.params, full, jax.random.key(seed), cfg,
                             width, mask, decode_fn=model.decode_fn)
-    tokens, commit_steps = jax.device_get(out)
+    tokens, commit_steps, nfe = jax.device_get(out)
     prompts = tokens[:, width - prompt_len:width]  # prompt masks may have been filled
     generated, commits = tokens[:, width:], commit_steps[:, width:]
   completions = []
@@ -256,7 +263,8 @@ def generate_ids(model: Model, encoded, *, attention_mask=None, gen_length: int 
     stop = np.flatnonzero(np.isin(generated[row], tok.stop_ids))
     text = tok.decode(generated[row, :stop[0]] if len(stop) else generated[row])
     completions.append(Completion(text, generated[row], commits[row],
-                                  np.concatenate([prompts[row], generated[row]])))
+                                  np.concatenate([prompts[row], generated[row]]),
+                                  int(nfe[row])))
   return completions
 
 
@@ -279,7 +287,8 @@ def infill_canvas(tokenizer, text: str) -> np.ndarray:
 def infill(model: Model, text: str, *, num_samples: int = 1, steps: int = 0,
            sampler: str = 'low_confidence', temperature: float = 0.0, top_k: int = 0,
            top_p: float = 1.0, cfg_scale: float = 0.0, forbid_eos: bool = False, seed: int = 0,
-           time_grid: str = 'uniform') -> list[Completion]:
+           time_grid: str = 'uniform', threshold: float = 0.9, factor: float = 1.0,
+           entropy_bound: float = 0.1) -> list[Completion]:
   """`num_samples` fillings of the masks in `text` (see `infill_canvas`) in `steps` model
   calls (0: one per mask); every given token stays. The masks form one block, so the
   confidence samplers commit their surest positions first wherever they are. Each
@@ -299,7 +308,8 @@ def infill(model: Model, text: str, *, num_samples: int = 1, steps: int = 0,
       mask_id=tok.mask_id, vocab_size=tok.vocab_size, eos_id=tok.eos_id, sampler=sampler,
       steps=steps or int(np.sum(canvas == tok.mask_id)), temperature=temperature, top_k=top_k,
       top_p=top_p, cfg_scale=cfg_scale, forbid_eos=forbid_eos, time_grid=time_grid,
-      schedule=model.diffusion_schedule)
+      schedule=model.diffusion_schedule, threshold=threshold, factor=factor,
+      entropy_bound=entropy_bound)
   # Padded on the right to a bucket, out of attention: texts of similar length share a program.
   width = min(sampling.bucket(len(canvas)), model.config.max_seq_len)
   padded = np.pad(canvas, (0, width - len(canvas)), constant_values=tok.pad_id)
@@ -307,8 +317,9 @@ def infill(model: Model, text: str, *, num_samples: int = 1, steps: int = 0,
   with model.placed():
     out = sampling.sample(model.logits_fn, model.params, np.tile(padded, (num_samples, 1)),
                           jax.random.key(seed), cfg, 0, np.tile(valid, (num_samples, 1)))
-  tokens, commits = (a[:, :len(canvas)] for a in jax.device_get(out))
-  return [Completion(tok.decode(t), t, c, t) for t, c in zip(tokens, commits)]
+  tokens, commits, nfe = jax.device_get(out)
+  tokens, commits = tokens[:, :len(canvas)], commits[:, :len(canvas)]
+  return [Completion(tok.decode(t), t, c, t, int(n)) for t, c, n in zip(tokens, commits, nfe)]
 
 
 def parse_mesh(spec: str) -> tuple[int, int, int] | None:
@@ -346,6 +357,25 @@ def denoising_frames(tokenizer, completion: Completion, steps: int) -> list[str]
           for step in range(steps)]
 
 
+def define_sampler_flags():
+  """--sampler and the adaptive samplers' bounds (shared with chat)."""
+  flags.DEFINE_enum('sampler', 'low_confidence', SAMPLERS, 'The sampler: fixed-step '
+                    '(ancestral, low_confidence, margin, entropy, random) or adaptive '
+                    '(threshold, factor, entropy_bound: several tokens per call where sure).')
+  flags.DEFINE_float('threshold', 0.9, 'threshold sampler: commit every position of the block '
+                     'whose probability exceeds this.')
+  flags.DEFINE_float('factor', 1.0, 'factor sampler: commit the n most probable while '
+                     '(n + 1)(1 - p_n) < factor.')
+  flags.DEFINE_float('entropy_bound', 0.1, 'entropy_bound sampler: commit the lowest-entropy '
+                     'positions while their summed entropy, less the largest, stays within this.')
+
+
+def sampler_settings(f) -> dict:
+  """The keyword arguments of `generate_ids` that `define_sampler_flags` sets."""
+  return dict(sampler=f.sampler, threshold=f.threshold, factor=f.factor,
+              entropy_bound=f.entropy_bound)
+
+
 def define_flags():
   """The command line; defined only when this module is the program."""
   cli.define_compilation_cache_flag()
@@ -359,7 +389,9 @@ def define_flags():
   flags.DEFINE_integer('steps', 64, 'Denoising steps (model calls).')
   flags.DEFINE_integer('block_length', 32, 'Semi-autoregressive block length (must divide '
                        'gen_length); ignored by ancestral.')
-  flags.DEFINE_enum('sampler', 'low_confidence', SAMPLERS, 'The sampler.')
+  define_sampler_flags()
+  flags.DEFINE_bool('stop_at_eos', False, 'End a sample at its first EOS once everything '
+                    'before it is decided (saves the remaining model calls).')
   flags.DEFINE_float('temperature', 0.0, '0 decodes greedily.')
   flags.DEFINE_integer('top_k', 0, 'Keep the k most likely tokens; 0 keeps all.')
   flags.DEFINE_float('top_p', 1.0, 'Nucleus sampling mass; 1 keeps all.')
@@ -383,13 +415,17 @@ def main(argv):
   cli.quiet_library_logs()
   f = flags.FLAGS
   cli.use_compilation_cache(f.compilation_cache)
-  settings = dict(sampler=f.sampler, temperature=f.temperature, top_k=f.top_k, top_p=f.top_p,
-                  cfg_scale=f.cfg_scale, forbid_eos=f.forbid_eos, seed=f.seed)
+  settings = dict(temperature=f.temperature, top_k=f.top_k, top_p=f.top_p,
+                  cfg_scale=f.cfg_scale, forbid_eos=f.forbid_eos, seed=f.seed,
+                  **sampler_settings(f))
   try:
     if f.num_samples < 1:
       raise sampling.SamplingError(f'num_samples: must be >= 1, got {f.num_samples}.')
     if f.infill and f.prompt:
       raise sampling.SamplingError('give --prompt (to continue) or --infill (to fill), not both.')
+    if f.infill and f.stop_at_eos:
+      raise sampling.SamplingError('stop_at_eos: --infill has no end to stop at; it fills the '
+                                   'masks between given text.')
     if f.infill and f.block_cache:
       raise sampling.SamplingError('block_cache: --infill fills one block, the whole canvas, '
                                    'so there is nothing outside it to cache.')
@@ -398,21 +434,21 @@ def main(argv):
     if f.infill:
       steps = f.steps if f['steps'].present else 0  # 0: one per mask
       completions = infill(model, f.infill, num_samples=f.num_samples, steps=steps, **settings)
-      steps = steps or int(np.sum(completions[0].commit_step >= 0))
     else:
       completions = generate(model, [f.prompt] * f.num_samples, gen_length=f.gen_length,
                              steps=f.steps, block_length=f.block_length,
-                             block_cache=f.block_cache, **settings)
-      steps = f.steps
+                             block_cache=f.block_cache, stop_at_eos=f.stop_at_eos, **settings)
   except (sampling.SamplingError, ckpt_lib.CheckpointError, ConfigError,
           FileNotFoundError) as e:
     sys.exit(f'error: {e}')
   shown = '' if f.infill else f.prompt  # a completion holds the generation, a filling all
   if f.show_steps:
-    for step, frame in enumerate(denoising_frames(model.tokenizer, completions[0], steps)):
-      print(f'--- step {step + 1}/{steps}\n{shown}{frame}')
+    first = completions[0]
+    for step, frame in enumerate(denoising_frames(model.tokenizer, first, first.nfe)):
+      print(f'--- step {step + 1}/{first.nfe}\n{shown}{frame}')
   for i, completion in enumerate(completions):
-    print(f'=== sample {i} (checkpoint step {model.step})\n{shown}{completion.text}')
+    print(f'=== sample {i} (checkpoint step {model.step}; {completion.nfe} model calls for '
+          f'{len(completion.tokens)} tokens)\n{shown}{completion.text}')
 
 
 if __name__ == '__main__':

@@ -1,12 +1,16 @@
-"""Fixed-cost samplers: pure functions that denoise a canvas in `steps` model calls.
+"""Samplers: pure functions that denoise a canvas, each call one compiled loop.
 
 A canvas is a batch of token rows in which the positions to fill hold the mask id; every
 other position (the prompt, or the given text of an infilling canvas) is fixed and never
-changes, and a position once committed is never changed again. Each sampler is one loop
-over its steps, so one call costs exactly `steps` forward passes (one pass on a doubled
-batch with classifier-free guidance). It compiles once per canvas shape and network: the
-sampler, steps, temperature and the other settings are traced values, so a chat whose
-prompts stay within one `bucket` of lengths compiles once.
+changes, and a position once committed is never changed again. A call runs at most `steps`
+model calls (one pass on a doubled batch with classifier-free guidance), in a
+`lax.while_loop` that stops early: a block ends as soon as it has no masks, a row once its
+last block has ended (or, with `stop_at_eos`, once it has generated an EOS with everything
+before it decided: the rest becomes EOS), and the call once every row has ended; rows that
+ended stop changing. Every call returns the model calls each row used (`Sample.nfe`). It
+compiles once per canvas shape and network: the sampler, steps, temperature and the other
+settings are traced values, so a chat whose prompts stay within one `bucket` of lengths
+compiles once.
 
 - `ancestral` (MD4/MDLM): walks a time grid from 1 to 0; at each step every masked
   position is unmasked with probability (alpha_s - alpha_t) / (1 - alpha_t) and drawn from
@@ -17,19 +21,27 @@ prompts stay within one `bucket` of lengths compiles once.
   remainder to its earliest steps): the candidates (Gumbel-max at `temperature`, argmax at
   0) with the highest confidence, which is the probability of the drawn token, the top-1
   minus top-2 probability, the negative entropy, or uniform noise.
+- `threshold`, `factor`, `entropy_bound` (adaptive; Fast-dLLM, EB-sampler): the same
+  blocks, but a step commits as many of the block's candidates as its rule allows, and at
+  least one and what the fixed schedule of `steps` would: every candidate whose probability
+  exceeds `threshold`; the n most probable while (n + 1)(1 - p_n) < `factor`; the n of
+  lowest entropy while their summed entropy less the largest is within `entropy_bound`.
+  With steps = gen_length, threshold 1 (or factor 0) is `low_confidence` token for token.
+  A confident model so fills a block in a few calls and exits early.
 
 With `block_cache` (Fast-dLLM's dual cache), a remasking sampler makes the same steps but
 runs the whole canvas only at the first step of each block, keeping every position's keys
 and values; the block's other steps run its own tokens alone against them. Faster by about
 canvas / block per step, and approximate: the positions outside the block keep the keys
-and values they had when the block began.
+and values they had when the block began. The two compose with every committer.
 
 `sample` runs one setting for the whole batch. `sample_rows` is the same sampler with a
 key and settings per row: the server batches unrelated requests through it. The network is
 only seen through `logits_fn(params, tokens, attention_mask)`.
 
-The draws are exact in float32 (`gumbel`), and `answer_nlls` scores answers by LLaDA's Monte
-Carlo likelihood, several at once.
+The draws are exact in float32 (`gumbel`), indexed by (block, step in the block) so that
+skipped steps shift nothing, and `answer_nlls` scores answers by LLaDA's Monte Carlo
+likelihood, several at once.
 """
 
 import dataclasses
@@ -76,11 +88,19 @@ class SamplerConfig:
   # compete in every block for its commits (whose number the block's masks set), so as many
   # masks may be left at the end. False leaves them as they are.
   fill_prompt_masks: bool = False
+  # The adaptive samplers' bounds: tau, f and gamma (see `_adaptive_count`).
+  threshold: float = 0.9
+  factor: float = 1.0
+  entropy_bound: float = 0.1
+  # A row ends once it has generated an EOS with every position before it decided; the
+  # rest of its generation becomes EOS without further model calls.
+  stop_at_eos: bool = False
 
 
 class Sample(NamedTuple):
   tokens: Array  # [B, L] the filled canvas
-  commit_step: Array  # [B, L] the step at which each position was committed; -1 if given
+  commit_step: Array  # [B, L] the row's step at which each position was committed; -1 if given
+  nfe: Array  # [B] the model calls each row used (a guided call counts once)
 
 
 def validate(cfg: SamplerConfig, canvas_len: int, gen_start: int) -> None:
@@ -95,6 +115,12 @@ def validate(cfg: SamplerConfig, canvas_len: int, gen_start: int) -> None:
     raise SamplingError(f'top_p: must be in (0, 1], got {cfg.top_p}.')
   if cfg.top_k < 0:
     raise SamplingError(f'top_k: must be >= 0, got {cfg.top_k}.')
+  if not 0 <= cfg.threshold <= 1:
+    raise SamplingError(f'threshold: must be in [0, 1], got {cfg.threshold}.')
+  if cfg.factor < 0:
+    raise SamplingError(f'factor: must be >= 0, got {cfg.factor}.')
+  if cfg.entropy_bound < 0:
+    raise SamplingError(f'entropy_bound: must be >= 0, got {cfg.entropy_bound}.')
   if cfg.time_grid not in TIME_GRIDS:
     raise SamplingError(f'time_grid: {cfg.time_grid!r} is not one of {", ".join(TIME_GRIDS)}.')
   if not 0 <= gen_start < canvas_len:
@@ -126,6 +152,10 @@ class RowSettings(NamedTuple):
   top_p: Array  # float32; 1 keeps all
   cfg_scale: Array  # float32; 0: no guidance for this row
   forbid_eos: Array  # bool
+  threshold: Array  # float32: the adaptive samplers' bounds
+  factor: Array  # float32
+  entropy_bound: Array  # float32
+  stop_at_eos: Array  # bool
 
 
 def row_settings(cfg: SamplerConfig, batch: int, gen_length: int) -> RowSettings:
@@ -134,7 +164,9 @@ def row_settings(cfg: SamplerConfig, batch: int, gen_length: int) -> RowSettings
   return RowSettings(full(cfg.steps, jnp.int32), full(cfg.block_length or gen_length, jnp.int32),
                      full(gen_length, jnp.int32), full(cfg.temperature, jnp.float32),
                      full(cfg.top_k, jnp.int32), full(cfg.top_p, jnp.float32),
-                     full(cfg.cfg_scale, jnp.float32), full(cfg.forbid_eos, bool))
+                     full(cfg.cfg_scale, jnp.float32), full(cfg.forbid_eos, bool),
+                     full(cfg.threshold, jnp.float32), full(cfg.factor, jnp.float32),
+                     full(cfg.entropy_bound, jnp.float32), full(cfg.stop_at_eos, bool))
 
 
 def filter_logits(logits_BxLxV: Array, cfg: SamplerConfig, rows: RowSettings) -> Array:
@@ -216,7 +248,13 @@ def confidence(keys_B: Array, logits_BxLxV: Array, x0_BxL: Array, kind: str) -> 
   return jnp.sum(jnp.where(probs > 0, probs * log_probs, 0.0), axis=-1)  # -entropy
 
 
-REMASKING = SAMPLERS[1:]  # the samplers that differ only in their `confidence`
+REMASKING = SAMPLERS[1:]  # the samplers with semi-autoregressive blocks
+ADAPTIVE = ('threshold', 'factor', 'entropy_bound')  # commit as many as their rule allows
+CONFIDENCES = ('low_confidence', 'margin', 'entropy', 'random')
+# The confidence each remasking sampler orders its candidates by, and its adaptive rule.
+_ORDER = {'threshold': 'low_confidence', 'factor': 'low_confidence', 'entropy_bound': 'entropy'}
+_CONFIDENCE_OF = np.array([0] + [CONFIDENCES.index(_ORDER.get(s, s)) for s in REMASKING])
+_RULE_OF = np.array([ADAPTIVE.index(s) + 1 if s in ADAPTIVE else 0 for s in SAMPLERS])
 
 
 def _guided(net: Callable, x_BxT: Array, fixed_BxT: Array, mask_id: int,
@@ -254,7 +292,7 @@ def program_settings(cfg: SamplerConfig) -> SamplerConfig:
 def sample(logits_fn: Callable, params, canvas_BxL: Array, key: Array, cfg: SamplerConfig,
            gen_start: int, attention_mask_BxL: Array | None = None,
            decode_fn: Callable | None = None) -> Sample:
-  """Fills the masked positions of `canvas_BxL` in `cfg.steps` model calls.
+  """Fills the masked positions of `canvas_BxL` in at most `cfg.steps` model calls.
 
   `gen_start` is where the semi-autoregressive blocks begin (the prompt length when
   generating after a prompt; 0 for infilling). Masks before it are left as they are unless
@@ -278,72 +316,184 @@ def sample(logits_fn: Callable, params, canvas_BxL: Array, key: Array, cfg: Samp
   return _rows_jit(logits_fn, *args, guided=bool(cfg.cfg_scale))
 
 
-def _committer(rows: RowSettings, cfg: SamplerConfig, gen_start: int, most_per_step: int,
-               sampler_index: Array | int) -> Callable:
-  """`commit(i, keys_B, logits_BxW, x0_BxW, masked_BxW, block_masks_B, positions_W) ->
-  (commit_now_BxW, block_masks_B)` of sampler SAMPLERS[sampler_index] (a traced value): which
-  positions of a window of the canvas (at `positions_W`) take their drawn token x0 at step
-  i. The remasking samplers share one program but for their confidence."""
-  steps_B = rows.steps
+def _adaptive_count(rule: Array, sorted_BxK: Array, rows: RowSettings) -> Array:
+  """[B] how many of the candidates, sorted by decreasing confidence (`sorted_BxK`, -inf
+  for none), adaptive rule `rule` (0: none, else 1 + ADAPTIVE's index) commits; at least 1.
+  - threshold: every candidate whose probability exceeds tau (Fast-dLLM);
+  - factor: the n most probable while (n + 1)(1 - c_n) < f (Fast-dLLM);
+  - entropy_bound: the n of lowest entropy while their summed entropy, less the largest,
+    stays within gamma (EB-sampler).
+  Each condition only gets harder as n grows, so the count is the length of the prefix."""
+  valid_BxK = sorted_BxK > -jnp.inf
+  n_K = jnp.arange(1, sorted_BxK.shape[1] + 1, dtype=jnp.float32)
+  entropy_BxK = jnp.where(valid_BxK, -sorted_BxK, 0.0)
+  ok_BxK = jnp.select(
+      [rule == 1, rule == 2, rule == 3],
+      [sorted_BxK > rows.threshold[:, None],
+       (n_K[None, :] + 1.0) * (1.0 - sorted_BxK) < rows.factor[:, None],
+       jnp.cumsum(entropy_BxK, axis=1) - entropy_BxK <= rows.entropy_bound[:, None]],
+      jnp.zeros_like(valid_BxK))
+  count_B = jnp.maximum(jnp.sum(ok_BxK & valid_BxK, axis=1), 1)
+  return jnp.where(rule > 0, count_B, 0)
 
-  def remask(i, keys, logits, x0, masked_BxW, block_masks_B, positions_W):
-    steps_per_block = steps_B // (rows.gen_length // rows.block_length)
-    j = i % steps_per_block
-    lo_B = gen_start + (i // steps_per_block) * rows.block_length
-    before_end_BxW = positions_W[None, :] < (lo_B + rows.block_length)[:, None]
+
+class _Blocks(NamedTuple):
+  """Each row's block geometry: ancestral samplers have one block, the whole region."""
+  length_B: Array
+  count_B: Array
+  steps_B: Array  # model calls each block may use
+
+  @classmethod
+  def of(cls, rows: RowSettings, sampler_index) -> '_Blocks':
+    length_B = jnp.where(sampler_index == 0, rows.gen_length, rows.block_length)
+    count_B = rows.gen_length // length_B
+    return cls(length_B, count_B, rows.steps // count_B)
+
+
+class _Progress(NamedTuple):
+  """Where each row is: the block it fills (blocks.count_B once it is done), the steps
+  taken in it, its masks when it began, and the model calls the row has used (NFE)."""
+  block_B: Array
+  step_B: Array
+  block_masks_B: Array
+  nfe_B: Array
+
+
+def _next_block(masked_BxL: Array, after_B: Array, blocks: _Blocks, rows: RowSettings,
+                gen_start: int) -> Array:
+  """The first block holding a mask at a position >= after_B (blocks.count_B if none)."""
+  positions_L = jnp.arange(masked_BxL.shape[1])
+  end_B = gen_start + rows.gen_length
+  later_BxL = (masked_BxL & (positions_L[None, :] >= after_B[:, None])
+               & (positions_L[None, :] < end_B[:, None]))
+  first_B = jnp.min(jnp.where(later_BxL, positions_L[None, :], end_B[:, None]), axis=1)
+  return (first_B - gen_start) // blocks.length_B
+
+
+def _start(canvas_BxL: Array, rows: RowSettings, blocks: _Blocks, cfg: SamplerConfig,
+           gen_start: int):
+  """The loop's first carry: canvas, commit steps (-1 where given), progress."""
+  commit0 = jnp.where(canvas_BxL != cfg.mask_id, -1, jnp.max(rows.steps)).astype(jnp.int32)
+  zeros = jnp.zeros(canvas_BxL.shape[0], jnp.int32)
+  first_B = _next_block(canvas_BxL == cfg.mask_id, zeros + gen_start, blocks, rows, gen_start)
+  if cfg.fill_prompt_masks:  # prompt masks count too: the blocks run from the first
+    first_B = jnp.where(jnp.any(canvas_BxL == cfg.mask_id, axis=1), 0, blocks.count_B)
+  return canvas_BxL, commit0, _Progress(first_B, zeros, zeros, zeros)
+
+
+def _committer(rows: RowSettings, blocks: _Blocks, cfg: SamplerConfig, gen_start: int,
+               most_per_step: int, sampler_index: Array | int) -> Callable:
+  """`commit(prog, keys_B, logits_BxW, x0_BxW, masked_BxW, positions_W) -> (commit_now_BxW,
+  block_masks_B)` of sampler SAMPLERS[sampler_index] (a traced value): which positions of a
+  window of the canvas (at `positions_W`) take their drawn token x0 at a row's step. The
+  remasking samplers share one program but for their confidence and adaptive rule."""
+
+  def remask(prog, keys, logits, x0, masked_BxW, positions_W):
+    lo_B = gen_start + prog.block_B * blocks.length_B
+    before_end_BxW = positions_W[None, :] < (lo_B + blocks.length_B)[:, None]
     in_block_BxW = masked_BxW & before_end_BxW & (positions_W[None, :] >= lo_B[:, None])
     # The block's mask count, taken at its first step, sets how many commit per step.
-    block_masks_B = jnp.where(j == 0, in_block_BxW.sum(axis=1), block_masks_B)
-    k_B = block_masks_B // steps_per_block + (j < block_masks_B % steps_per_block)
+    block_masks_B = jnp.where(prog.step_B == 0, in_block_BxW.sum(axis=1), prog.block_masks_B)
+    per_step_B = blocks.steps_B
+    k_B = block_masks_B // per_step_B + (prog.step_B < block_masks_B % per_step_B)
     # LLaDA's generate() lets every mask before the block's end compete for those commits,
     # masks in the prompt included (otherwise only the block's masks are left there).
     candidates_BxW = masked_BxW & before_end_BxW if cfg.fill_prompt_masks else in_block_BxW
-    kinds = [functools.partial(confidence, kind=kind) for kind in REMASKING]
-    conf = jax.lax.switch(jnp.clip(sampler_index - 1, 0, len(REMASKING) - 1), kinds, keys,
-                          logits, x0)
+    kinds = [functools.partial(confidence, kind=kind) for kind in CONFIDENCES]
+    conf = jax.lax.switch(jnp.asarray(_CONFIDENCE_OF)[sampler_index], kinds, keys, logits, x0)
     conf = jnp.where(candidates_BxW, conf, -jnp.inf)
-    # Commit the k_B most confident candidates (ties go to the left).
+    # Commit the most confident candidates (ties go to the left): as many as the fixed
+    # schedule says, or more where the adaptive rule allows.
     most = min(most_per_step, masked_BxW.shape[1])
-    _, top_BxK = jax.lax.top_k(conf, most)
+    top_BxK, where_BxK = jax.lax.top_k(conf, most)
+    k_B = jnp.maximum(k_B, _adaptive_count(jnp.asarray(_RULE_OF)[sampler_index], top_BxK, rows))
     chosen_BxK = jnp.arange(most)[None, :] < k_B[:, None]
     rows_B = jnp.arange(masked_BxW.shape[0])[:, None]
-    commit_now = jnp.zeros_like(in_block_BxW).at[rows_B, top_BxK].max(chosen_BxK)
+    commit_now = jnp.zeros_like(in_block_BxW).at[rows_B, where_BxK].max(chosen_BxK)
     return commit_now & candidates_BxW, block_masks_B
 
-  def ancestral(i, keys, logits, x0, masked_BxW, block_masks_B, positions_W):
+  def ancestral(prog, keys, logits, x0, masked_BxW, positions_W):
     del logits, x0, positions_W
-    steps = steps_B.astype(jnp.float32)
+    i, steps = prog.step_B, blocks.steps_B.astype(jnp.float32)
     alpha_t = cfg.schedule.alpha(time_grid(i / steps, cfg.time_grid))
     alpha_s = cfg.schedule.alpha(time_grid((i + 1) / steps, cfg.time_grid))
-    p_unmask_B = jnp.where(i == steps_B - 1, 1.0, (alpha_s - alpha_t) / (1.0 - alpha_t))
+    p_unmask_B = jnp.where(i == blocks.steps_B - 1, 1.0, (alpha_s - alpha_t) / (1.0 - alpha_t))
     u_BxW = jax.vmap(lambda k: jax.random.uniform(k, masked_BxW.shape[1:]))(keys)
-    return masked_BxW & (u_BxW < p_unmask_B[:, None]), block_masks_B
+    return masked_BxW & (u_BxW < p_unmask_B[:, None]), prog.block_masks_B
 
   return lambda *args: jax.lax.cond(sampler_index == 0, ancestral, remask, *args)  # SAMPLERS[0]
 
 
-def _denoise(i, x_BxW: Array, logits_BxWxV: Array, positions_W: Array, block_masks_B: Array,
-             keys_B: Array, rows: RowSettings, cfg: SamplerConfig, commit_fn: Callable):
-  """Step i on a window of the canvas given its logits: draw, choose, commit. Returns the
-  window, where it committed, and the blocks' mask counts."""
-  step_keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, i)))(keys_B)
+def _denoise(x_BxW: Array, logits_BxWxV: Array, positions_W: Array, prog: _Progress,
+             active_B: Array, keys_B: Array, rows: RowSettings, cfg: SamplerConfig,
+             commit_fn: Callable):
+  """A step on a window of the canvas given its logits: draw, choose, commit (active rows
+  only). Returns the window, where it committed, and the blocks' mask counts. The random
+  numbers are indexed by (block, step in block), so steps skipped by an early exit shift
+  no other draw."""
+  step_keys = jax.vmap(lambda k, b, j: jax.random.split(jax.random.fold_in(
+      jax.random.fold_in(k, b), j)))(keys_B, prog.block_B, prog.step_B)
   logits = filter_logits(logits_BxWxV, cfg, rows)
   x0 = draw_rows(step_keys[:, 0], logits, rows.temperature)
-  commit_now, block_masks_B = commit_fn(i, step_keys[:, 1], logits, x0, x_BxW == cfg.mask_id,
-                                        block_masks_B, positions_W)
-  commit_now = commit_now & (i < rows.steps)[:, None]
+  commit_now, block_masks_B = commit_fn(prog, step_keys[:, 1], logits, x0,
+                                        x_BxW == cfg.mask_id, positions_W)
+  commit_now = commit_now & active_B[:, None]
   return jnp.where(commit_now, x0, x_BxW), commit_now, block_masks_B
 
 
-def _start(canvas_BxL: Array, rows: RowSettings, cfg: SamplerConfig):
-  """The loop's first carry: canvas, commit steps (-1 where given), blocks' mask counts."""
-  commit0 = jnp.where(canvas_BxL != cfg.mask_id, -1, jnp.max(rows.steps)).astype(jnp.int32)
-  return canvas_BxL, commit0, jnp.zeros(canvas_BxL.shape[0], jnp.int32)
+def _advance(x_BxL: Array, commit_BxL: Array, fixed_BxL: Array, prog: _Progress,
+             block_masks_B: Array, active_B: Array, rows: RowSettings, blocks: _Blocks,
+             cfg: SamplerConfig, gen_start: int):
+  """After a step: each active row counts the call, and moves to its next block with masks
+  once its block has none left or has used its steps; a row is done after its last block,
+  or, with stop_at_eos, once it has generated an EOS with everything before it decided
+  (the rest of its region becomes EOS, committed at this step)."""
+  positions_L = jnp.arange(x_BxL.shape[1])[None, :]
+  masked_BxL = x_BxL == cfg.mask_id
+  end_B = (gen_start + (prog.block_B + 1) * blocks.length_B)[:, None]
+  left_BxL = masked_BxL & (positions_L < end_B)
+  if not cfg.fill_prompt_masks:
+    left_BxL &= positions_L >= end_B - blocks.length_B[:, None]
+  ended_B = ~jnp.any(left_BxL, axis=1) | (prog.step_B + 1 >= blocks.steps_B)
+  following_B = (prog.block_B + 1 if cfg.fill_prompt_masks else
+                 _next_block(masked_BxL, end_B[:, 0], blocks, rows, gen_start))
+  moves_B = active_B & ended_B
+  block_B = jnp.where(moves_B, following_B, prog.block_B)
+
+  region_BxL = (positions_L >= gen_start) & (positions_L < gen_start + rows.gen_length[:, None])
+  eos_BxL = region_BxL & (x_BxL == cfg.eos_id) & ~fixed_BxL
+  first_eos_B = jnp.min(jnp.where(eos_BxL, positions_L, x_BxL.shape[1]), axis=1)
+  undecided_B = jnp.any(masked_BxL & region_BxL & (positions_L < first_eos_B[:, None]), axis=1)
+  stops_B = active_B & rows.stop_at_eos & (first_eos_B < x_BxL.shape[1]) & ~undecided_B
+  fill_BxL = stops_B[:, None] & masked_BxL & region_BxL
+  x_BxL = jnp.where(fill_BxL, cfg.eos_id, x_BxL)
+  commit_BxL = jnp.where(fill_BxL, prog.nfe_B[:, None], commit_BxL)
+  block_B = jnp.where(stops_B, blocks.count_B, block_B)
+
+  step_B = jnp.where(moves_B, 0, prog.step_B + active_B)
+  return x_BxL, commit_BxL, _Progress(block_B, step_B, block_masks_B, prog.nfe_B + active_B)
 
 
 def _update(a_BxL: Array, a_BxW: Array, lo) -> Array:
   """`a_BxL` with its columns lo.. replaced by the window `a_BxW`."""
   return jax.lax.dynamic_update_slice_in_dim(a_BxL, a_BxW, lo, axis=1)
+
+
+def _step(carry, logits_BxWxV: Array, lo, positions_W: Array, fixed_BxL: Array,
+          keys_B: Array, rows: RowSettings, blocks: _Blocks, cfg: SamplerConfig,
+          gen_start: int, commit_fn: Callable):
+  """One step of every active row, on the window of the canvas from `lo` whose logits are
+  given: returns the next (canvas, commit steps, progress)."""
+  x, commit, prog = carry
+  width = positions_W.shape[0]
+  window = lambda a: jax.lax.dynamic_slice_in_dim(a, lo, width, axis=1)
+  active_B = prog.block_B < blocks.count_B
+  x_W, commit_now, block_masks_B = _denoise(window(x), logits_BxWxV, positions_W, prog,
+                                            active_B, keys_B, rows, cfg, commit_fn)
+  x = _update(x, x_W, lo)
+  commit = _update(commit, jnp.where(commit_now, prog.nfe_B[:, None], window(commit)), lo)
+  return _advance(x, commit, fixed_BxL, prog, block_masks_B, active_B, rows, blocks, cfg,
+                  gen_start)
 
 
 def sample_rows(logits_fn: Callable, params, canvas_BxL: Array, keys_B: Array,
@@ -353,12 +503,12 @@ def sample_rows(logits_fn: Callable, params, canvas_BxL: Array, keys_B: Array,
                 on_step: Callable | None = None, report: Array | bool = False) -> Sample:
   """The sampler behind `sample`, with a key and settings per row (`rows`) and the sampler
   `SAMPLERS[sampler_index]` chosen at run time; of `cfg` only `program_settings` are read.
-  The batch runs max(rows.steps) steps; a row that needs fewer stops changing after its
-  last. `guided` (static) runs the doubled guidance pass, weighted per row by
-  rows.cfg_scale. `most_per_step` (static) bounds the tokens a row commits in one step
-  (default: all it may change). Rows are not validated here: see `validate`. With `on_step`
-  (static) and `report` true, `on_step(step, tokens_BxL)` is called on the host after every
-  step (streaming).
+  A row runs at most rows.steps steps and stops changing once it is done (early exit); the
+  call ends when every row is done. `guided` (static) runs the doubled guidance pass,
+  weighted per row by rows.cfg_scale. `most_per_step` (static) bounds the tokens a row
+  commits in one step (default: all it may change). Rows are not validated here: see
+  `validate`. With `on_step` (static) and `report` true, `on_step(step, tokens_BxL)` is
+  called on the host after every step (streaming).
 
   Only the positions from `gen_start` on (from 0 with `cfg.fill_prompt_masks`) are drawn,
   with noise indexed from there: a row's draws do not depend on how far its prompt is
@@ -366,23 +516,29 @@ def sample_rows(logits_fn: Callable, params, canvas_BxL: Array, keys_B: Array,
   fixed_BxL = canvas_BxL != cfg.mask_id
   lo = 0 if cfg.fill_prompt_masks else gen_start
   positions_W = jnp.arange(lo, canvas_BxL.shape[1])
-  commit_fn = _committer(rows, cfg, gen_start, most_per_step or len(positions_W), sampler_index)
+  blocks = _Blocks.of(rows, sampler_index)
+  commit_fn = _committer(rows, blocks, cfg, gen_start, most_per_step or len(positions_W),
+                         sampler_index)
   mask = _for_call(attention_mask_BxL, guided)
   net = lambda tokens: (logits_fn(params, tokens, mask), None)
 
-  def step(i, carry):
-    x, commit, block_masks_B = carry
-    logits, _ = _guided(net, x, fixed_BxL, cfg.mask_id, rows.cfg_scale if guided else None)
-    x_W, commit_now, block_masks_B = _denoise(i, x[:, lo:], logits[:, lo:], positions_W,
-                                              block_masks_B, keys_B, rows, cfg, commit_fn)
-    x = _update(x, x_W, lo)
+  def step(i_and_carry):
+    i, carry = i_and_carry
+    logits, _ = _guided(net, carry[0], fixed_BxL, cfg.mask_id,
+                        rows.cfg_scale if guided else None)
+    carry = _step(carry, logits[:, lo:], lo, positions_W, fixed_BxL, keys_B, rows, blocks,
+                  cfg, gen_start, commit_fn)
     if on_step is not None:
-      jax.lax.cond(report, lambda: io_callback(on_step, None, i, x),
-                   lambda: None)
-    return x, _update(commit, jnp.where(commit_now, i, commit[:, lo:]), lo), block_masks_B
+      jax.lax.cond(report, lambda: io_callback(on_step, None, i, carry[0]), lambda: None)
+    return i + 1, carry
 
-  final = jax.lax.fori_loop(0, jnp.max(rows.steps), step, _start(canvas_BxL, rows, cfg))
-  return Sample(final[0], final[1])
+  def running(i_and_carry):
+    i, (_, _, prog) = i_and_carry
+    return (i < jnp.max(rows.steps)) & jnp.any(prog.block_B < blocks.count_B)
+
+  start = _start(canvas_BxL, rows, blocks, cfg, gen_start)
+  _, (x, commit, prog) = jax.lax.while_loop(running, step, (jnp.int32(0), start))
+  return Sample(x, commit, prog.nfe_B)
 
 
 def _sample_block_cached(decode_fn: Callable, params, canvas_BxL: Array, keys_B: Array,
@@ -396,46 +552,52 @@ def _sample_block_cached(decode_fn: Callable, params, canvas_BxL: Array, keys_B:
   pass, but approximate: positions outside the block keep the keys and values they had at
   the block's start though the block's tokens changed since (exact for a one-layer model,
   whose keys and values depend on the token alone). Every row has `block` (static) as its
-  block length and the same steps."""
+  block length and the same steps. The batch fills one block at a time, the earliest any
+  row is on, with the rows on it; the block ends when none of them has masks left in it."""
   fixed_BxL = canvas_BxL != cfg.mask_id
   valid = _for_call(jnp.ones(canvas_BxL.shape, bool) if attention_mask_BxL is None
                     else attention_mask_BxL.astype(bool), guided)
-  num_blocks = (canvas_BxL.shape[1] - gen_start) // block
-  steps_per_block = jnp.max(rows.steps) // num_blocks
-  commit_fn = _committer(rows, cfg, gen_start, block, sampler_index)
+  blocks = _Blocks.of(rows, sampler_index)
+  commit_fn = _committer(rows, blocks, cfg, gen_start, block, sampler_index)
   cfg_scale_B = rows.cfg_scale if guided else None
 
-  def one_block(b, carry):
+  def one_block(carry):
+    b = jnp.min(carry[2].block_B)
     lo = gen_start + b * block
     positions_W = lo + jnp.arange(block)
     window = lambda a: jax.lax.dynamic_slice_in_dim(a, lo, block, axis=1)
     fixed_BxW = window(fixed_BxL)
 
-    def step(i, carry, logits_BxWxV):
-      x, commit, block_masks_B = carry
-      x_W, commit_now, block_masks_B = _denoise(i, window(x), logits_BxWxV, positions_W,
-                                                block_masks_B, keys_B, rows, cfg, commit_fn)
-      return (_update(x, x_W, lo), _update(commit, jnp.where(commit_now, i, window(commit)), lo),
-              block_masks_B)
+    def step(carry, logits_BxWxV):
+      # Rows on a later block sit this one out: for this step they read as done.
+      x, commit, prog = carry
+      waiting_B = prog.block_B > b
+      x, commit, moved = _step(
+          (x, commit, prog._replace(block_B=jnp.where(waiting_B, blocks.count_B, prog.block_B))),
+          logits_BxWxV, lo, positions_W, fixed_BxL, keys_B, rows, blocks, cfg, gen_start,
+          commit_fn)
+      return x, commit, moved._replace(block_B=jnp.where(waiting_B, prog.block_B, moved.block_B))
 
     def refresh(tokens):  # the whole canvas: logits of the block, every key and value
       logits, cache = decode_fn(params, tokens, None, 0, valid)
       return window(logits), cache
 
     logits, cache = _guided(refresh, carry[0], fixed_BxL, cfg.mask_id, cfg_scale_B)
-    first = b * steps_per_block
-    carry = step(first, carry, logits)
+    carry = step(carry, logits)
 
-    def cached_step(j, carry_and_cache):
+    def cached_step(carry_and_cache):
       carry, cache = carry_and_cache
       net = lambda tokens: decode_fn(params, tokens, cache, lo, valid)
       logits, cache = _guided(net, window(carry[0]), fixed_BxW, cfg.mask_id, cfg_scale_B)
-      return step(first + j, carry, logits), cache
+      return step(carry, logits), cache
 
-    return jax.lax.fori_loop(1, steps_per_block, cached_step, (carry, cache))[0]
+    on_it = lambda carry_and_cache: jnp.any(carry_and_cache[0][2].block_B == b)
+    return jax.lax.while_loop(on_it, cached_step, (carry, cache))[0]
 
-  final = jax.lax.fori_loop(0, num_blocks, one_block, _start(canvas_BxL, rows, cfg))
-  return Sample(final[0], final[1])
+  not_done = lambda carry: jnp.any(carry[2].block_B < blocks.count_B)
+  start = _start(canvas_BxL, rows, blocks, cfg, gen_start)
+  x, commit, prog = jax.lax.while_loop(not_done, one_block, start)
+  return Sample(x, commit, prog.nfe_B)
 
 
 # The compiled samplers behind `sample` (and the server's engine, through `sample_rows`).

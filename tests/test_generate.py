@@ -115,15 +115,19 @@ def test_cli_prints_completions_and_steps(trained, tmp_path):
   proc = run_cli('dllm_jax.generate', *args)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.count('=== sample') == 2 and proc.stdout.count('--- step') == 4
+  assert proc.stdout.count('4 model calls for 8 tokens') == 2
   # Started again, it finds every program it needs in the persistent cache: none is added.
   programs = set(os.listdir(cache))
   assert any(name.startswith('jit_sample_rows') for name in programs), programs
   again = run_cli('dllm_jax.generate', *args)
   assert again.returncode == 0 and again.stdout == proc.stdout, again.stderr[-2000:]
   assert set(os.listdir(cache)) == programs
+  # The adaptive threshold 0 commits a whole 4-token block per model call: 2 calls, 2 frames.
   cached = run_cli('dllm_jax.generate', f'--workdir={trained[0]}', '--prompt=def f(x):',
-                   '--gen_length=8', '--steps=4', '--block_length=4', '--block_cache')
+                   '--gen_length=8', '--steps=8', '--block_length=4', '--block_cache',
+                   '--sampler=threshold', '--threshold=0', '--show_steps')
   assert cached.returncode == 0 and cached.stdout.count('=== sample') == 1, cached.stderr[-2000:]
+  assert cached.stdout.count('--- step') == 2 and '2 model calls for 8 tokens' in cached.stdout
 
 
 @pytest.mark.parametrize('args, message', [
@@ -131,6 +135,7 @@ def test_cli_prints_completions_and_steps(trained, tmp_path):
     (['--steps=0'], 'steps: must be >= 1'),
     (['--gen_length=8', '--block_length=4', '--steps=3'], 'steps: 3 must be a multiple'),
     (['--block_cache', '--sampler=ancestral'], 'block_cache: needs a remasking sampler'),
+    (['--sampler=threshold', '--threshold=2'], 'threshold: must be in [0, 1]'),
 ])
 def test_cli_bad_settings_are_one_line_errors(trained, args, message):
   proc = run_cli('dllm_jax.generate', f'--workdir={trained[0]}', '--prompt=x', *args)

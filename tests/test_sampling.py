@@ -85,12 +85,17 @@ def test_commits_the_scheduled_number_per_step_in_each_block(tiny):
                    settings(steps=steps, block_length=block), 0)
   commit = np.asarray(out.commit_step)
   for row in range(canvas.shape[0]):
+    first = 0  # the row's first step in the block
     for b in range(3):
       region = commit[row, b * block:(b + 1) * block]
       m = int(np.sum(np.asarray(canvas)[row, b * block:(b + 1) * block] == MASK))
       expected = [m // 3 + (j < m % 3) for j in range(3)]
-      got = [int(np.sum(region == b * 3 + j)) for j in range(3)]
+      while expected and not expected[-1]:  # a block ends (early) once it has no masks
+        expected.pop()
+      got = [int(np.sum(region == first + j)) for j in range(len(expected))]
       assert got == expected, (row, b, m)
+      first += len(expected)
+    assert int(out.nfe[row]) == first
 
 
 @pytest.mark.parametrize('sampler', ['low_confidence', 'ancestral'])
@@ -158,8 +163,10 @@ def test_matches_a_python_loop_reference_token_for_token(tiny):
   np.testing.assert_array_equal(out.tokens, python_loop_reference(logits_fn, params, canvas))
 
 
-@pytest.mark.parametrize('block_cache', [False, True])
-def test_sharded_sampling_matches_unsharded(tiny, block_cache):
+@pytest.mark.parametrize('block_cache, sampler', [(False, 'low_confidence'),
+                                                   (True, 'low_confidence'),
+                                                   (False, 'threshold'), (True, 'factor')])
+def test_sharded_sampling_matches_unsharded(tiny, block_cache, sampler):
   logits_fn, params = tiny
   graphdef, abstract, axes = model_lib.abstract_model(CFG)
   decode_fn = model_lib.make_decode_fn(graphdef)
@@ -167,7 +174,8 @@ def test_sharded_sampling_matches_unsharded(tiny, block_cache):
   config.mesh.update(data=2, fsdp=2, tensor=2)
   mesh = sharding.make_mesh(config.mesh)
   canvas = prompt_canvas(batch=4)
-  cfg = settings(steps=8, block_length=8, block_cache=block_cache)
+  cfg = settings(sampler=sampler, steps=16, block_length=8, block_cache=block_cache,
+                 threshold=0.3)
   run = lambda params: jax.jit(sampling.sample, static_argnums=(0, 4, 5),
                                static_argnames='decode_fn')(
       logits_fn, params, canvas, jax.random.key(0), cfg, 5, decode_fn=decode_fn).tokens
@@ -283,7 +291,9 @@ def one_layer():
 
 
 @pytest.mark.parametrize('kw', [dict(), dict(sampler='margin', cfg_scale=1.5),
-                                dict(sampler='entropy', top_k=5)])
+                                dict(sampler='entropy', top_k=5),
+                                dict(sampler='threshold', threshold=0.5, top_p=0.9),
+                                dict(sampler='entropy_bound', entropy_bound=1.0)])
 def test_block_cache_is_exact_for_one_layer(kw):
   """A one-layer model's keys and values depend on each token alone, so reusing those of
   the positions outside the block loses nothing: the same tokens, step for step."""
@@ -296,6 +306,7 @@ def test_block_cache_is_exact_for_one_layer(kw):
                       dataclasses.replace(cfg, block_cache=True), 5, valid, decode_fn=decode_fn)
   np.testing.assert_array_equal(cached.tokens, exact.tokens)
   np.testing.assert_array_equal(cached.commit_step, exact.commit_step)
+  np.testing.assert_array_equal(cached.nfe, exact.nfe)
 
 
 @pytest.mark.parametrize('cfg_scale', [0.0, 1.5])
@@ -399,6 +410,9 @@ def test_block_cache_needs_a_remasking_sampler_and_the_decode_fn(tiny):
     (dict(steps=6, block_length=4), 21, 5, 'steps: 6 must be a multiple of the number of blocks'),
     (dict(sampler='greedy'), 21, 5, "sampler: 'greedy' is not one of"),
     (dict(top_p=0.0), 21, 5, 'top_p'),
+    (dict(sampler='threshold', threshold=1.5), 21, 5, r'threshold: must be in \[0, 1\]'),
+    (dict(sampler='factor', factor=-1.0), 21, 5, 'factor: must be >= 0'),
+    (dict(entropy_bound=-0.1), 21, 5, 'entropy_bound: must be >= 0'),
     (dict(), 21, 21, 'leaves no room'),
 ])
 def test_bad_settings_are_clear_errors(kwargs, canvas_len, gen_start, message):
@@ -467,9 +481,12 @@ def test_rows_with_their_own_settings_sample_as_they_would_alone(tiny):
   run = jax.jit(sampling.sample_rows, static_argnums=(0, 6, 7), static_argnames='guided')
   base = settings()
   prompt, lengths = prompt_canvas(batch=3, gen_length=0), [16, 8, 12]
-  rows = [dict(steps=8, block_length=4, temperature=0.0, top_k=0, top_p=1.0, cfg_scale=0.0),
-          dict(steps=8, block_length=8, temperature=1.0, top_k=5, top_p=1.0, cfg_scale=1.0),
-          dict(steps=6, block_length=6, temperature=0.7, top_k=0, top_p=0.9, cfg_scale=0.0)]
+  rows = [dict(steps=8, block_length=4, temperature=0.0, top_k=0, top_p=1.0, cfg_scale=0.0,
+               threshold=0.5, factor=1.0, entropy_bound=0.5, stop_at_eos=False),
+          dict(steps=8, block_length=8, temperature=1.0, top_k=5, top_p=1.0, cfg_scale=1.0,
+               threshold=0.9, factor=2.0, entropy_bound=0.1, stop_at_eos=True),
+          dict(steps=6, block_length=6, temperature=0.7, top_k=0, top_p=0.9, cfg_scale=0.0,
+               threshold=0.2, factor=0.5, entropy_bound=2.0, stop_at_eos=False)]
   keys = jax.random.split(jax.random.key(7), 3)
 
   def settings_of(row_list, gen):
@@ -482,8 +499,8 @@ def test_rows_with_their_own_settings_sample_as_they_would_alone(tiny):
   for row, n in enumerate(lengths):
     canvas = canvas.at[row, 5 + n:].set(0)
     valid = valid.at[row, 5 + n:].set(False)
-  for sampler_index in (sampling.SAMPLERS.index('low_confidence'),
-                        sampling.SAMPLERS.index('ancestral')):
+  for sampler_index in map(sampling.SAMPLERS.index, ['low_confidence', 'ancestral',
+                                                     'threshold', 'entropy_bound']):
     together = run(logits_fn, params, canvas, keys, settings_of(rows, lengths), sampler_index,
                    base, 5, valid, guided=True)
     for row, n in enumerate(lengths):
@@ -491,6 +508,8 @@ def test_rows_with_their_own_settings_sample_as_they_would_alone(tiny):
                   settings_of(rows[row:row + 1], [n]), sampler_index, base, 5, None,
                   guided=True)
       np.testing.assert_array_equal(together.tokens[row, :5 + n], alone.tokens[0])
+      np.testing.assert_array_equal(together.commit_step[row, :5 + n], alone.commit_step[0])
+      assert int(together.nfe[row]) == int(alone.nfe[0]) <= rows[row]['steps']
       assert not np.any(np.asarray(alone.tokens) == MASK)
       # A row stops changing after its own steps, whatever the batch's longest row needs.
       assert int(together.commit_step[row, 5:5 + n].max()) < rows[row]['steps']
@@ -507,3 +526,139 @@ def test_argmax_matches_jnp_argmax_on_ties_infinities_and_nans():
     out = fn(jnp.asarray(x))
     assert out.dtype == jnp.int32
     np.testing.assert_array_equal(out, jnp.argmax(jnp.asarray(x), axis=-1))
+
+
+# ---- adaptive committers and early exit
+
+
+def adaptive_reference(logits_fn, params, canvas, gen_start, block, rule, bound):
+  """NumPy, one row at a time: greedy decoding with one-token-per-step blocks whose steps
+  commit the candidates of `rule` (a block's most probable first), at least one; returns
+  the tokens and the model calls each row used."""
+  x, nfe = np.array(canvas), np.zeros(len(canvas), int)
+  for row in range(len(x)):
+    for lo in range(gen_start, x.shape[1], block):
+      while np.any(x[row, lo:lo + block] == MASK):
+        logits = np.asarray(logits_fn(params, jnp.asarray(x[row:row + 1])), np.float64)[0]
+        logits[:, MASK] = logits[:, V:] = -np.inf
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        masked = lo + np.flatnonzero(x[row, lo:lo + block] == MASK)
+        top = probs[masked].max(-1)
+        p = probs[masked]
+        entropy = -np.sum(p * np.log(np.where(p > 0, p, 1)), -1)
+        order = np.argsort(entropy, kind='stable') if rule == 'entropy_bound' else np.argsort(
+            -top, kind='stable')
+        n = 0
+        while n < len(order):
+          if rule == 'threshold':
+            ok = top[order[n]] > bound
+          elif rule == 'factor':
+            ok = (n + 2) * (1 - top[order[n]]) < bound
+          else:  # EB-sampler: the summed entropy less its largest term
+            ok = entropy[order[:n + 1]].sum() - entropy[order[n]] <= bound
+          if not ok:
+            break
+          n += 1
+        for position in masked[order[:max(n, 1)]]:
+          x[row, position] = np.argmax(probs[position])
+        nfe[row] += 1
+  return x, nfe
+
+
+@pytest.mark.parametrize('rule, bound', [('threshold', 0.9), ('threshold', 0.4),
+                                         ('factor', 1.0), ('factor', 3.0),
+                                         ('entropy_bound', 0.5), ('entropy_bound', 3.0)])
+def test_adaptive_committers_match_a_numpy_reference_of_their_rule(tiny, rule, bound):
+  logits_fn, params = tiny
+  canvas = prompt_canvas(batch=3, prompt_len=4, gen_length=16)
+  out = sample_jit(logits_fn, params, canvas, jax.random.key(0),
+                   settings(sampler=rule, steps=16, block_length=8, **{rule: bound}), 4)
+  tokens, nfe = adaptive_reference(logits_fn, params, canvas, 4, 8, rule, bound)
+  np.testing.assert_array_equal(out.tokens, tokens)
+  np.testing.assert_array_equal(out.nfe, nfe)
+  assert np.all(nfe < 16) or rule == 'threshold' and bound == 0.9, nfe  # some parallelism
+
+
+@pytest.mark.parametrize('rule, bound', [('threshold', 1.0), ('factor', 0.0)])
+def test_adaptive_at_its_strictest_is_the_one_token_per_step_sampler(tiny, rule, bound):
+  logits_fn, params = tiny
+  canvas = prompt_canvas(batch=2, gen_length=16)
+  for temperature in (0.0, 1.0):
+    run = lambda **kw: sample_jit(logits_fn, params, canvas, jax.random.key(4), settings(
+        steps=16, block_length=8, temperature=temperature, top_p=0.9, **kw), 5)
+    exact, adaptive = run(), run(sampler=rule, **{rule: bound})
+    np.testing.assert_array_equal(adaptive.tokens, exact.tokens)
+    np.testing.assert_array_equal(adaptive.commit_step, exact.commit_step)
+    assert adaptive.nfe.tolist() == exact.nfe.tolist() == [16, 16]
+
+
+@pytest.mark.parametrize('sampler', ['low_confidence', 'random', 'threshold', 'entropy_bound'])
+def test_early_exit_never_changes_tokens(tiny, sampler):
+  """A larger step budget lets the fixed schedule idle once its blocks are empty (steps
+  that commit nothing): the early exit skips them, with the same draws and tokens."""
+  logits_fn, params = tiny
+  canvas = infill_canvas()
+  run = lambda steps: sample_jit(logits_fn, params, canvas, jax.random.key(2), settings(
+      sampler=sampler, steps=steps, block_length=8, temperature=1.0, threshold=0.5), 0)
+  budget, double = run(24), run(48)
+  np.testing.assert_array_equal(double.tokens, budget.tokens)
+  np.testing.assert_array_equal(double.nfe, budget.nfe)
+  masks = np.sum(np.asarray(canvas) == MASK, axis=1)
+  assert np.all(np.asarray(budget.nfe) <= masks)  # at least one commit per call
+
+
+@pytest.mark.parametrize('sampler, block_cache', [('threshold', False), ('factor', False),
+                                                  ('entropy_bound', True), ('ancestral', False)])
+def test_nfe_counts_every_model_call(tiny, sampler, block_cache):
+  logits_fn, params = tiny
+  decode_fn = model_lib.make_decode_fn(model_lib.abstract_model(CFG)[0])
+  log = []
+
+  def recording_decode(params, tokens, cache, start, valid):
+    jax.debug.callback(lambda t: log.append(t.shape), tokens, ordered=True)
+    return decode_fn(params, tokens, cache, start, valid)
+
+  cfg = settings(sampler=sampler, steps=16, block_length=8, temperature=1.0, factor=2.0,
+                 entropy_bound=1.0, threshold=0.3, block_cache=block_cache)
+  for batch in (1, 3):
+    log.clear()
+    canvas = prompt_canvas(batch=batch, gen_length=16)
+    out = sampling.sample(recording(logits_fn, log), params, canvas, jax.random.key(batch),
+                          cfg, 5, decode_fn=recording_decode)
+    jax.block_until_ready(out)
+    nfe = np.asarray(out.nfe)
+    assert len(log) == nfe.max() and not np.any(np.asarray(out.tokens) == MASK), (log, nfe)
+    commit = np.asarray(out.commit_step)[:, 5:]
+    for row in range(batch):
+      if sampler != 'ancestral':  # every call committed something, in one block
+        assert sorted(set(commit[row].tolist())) == list(range(nfe[row]))
+        blocks = [set(np.flatnonzero(commit[row] == s) // 8) for s in range(nfe[row])]
+        assert all(len(b) == 1 for b in blocks)
+
+
+def eos_model(eos_at):
+  """logits_fn whose argmax at position p is p % 28, or EOS at `eos_at`, more confident to
+  the left (so one-per-step greedy decoding goes left to right)."""
+  def logits_fn(params, tokens, mask=None):
+    del params, mask
+    length = tokens.shape[1]
+    ids = jnp.where(jnp.arange(length) == eos_at, EOS, jnp.arange(length) % 28)
+    peak = 20.0 - 0.5 * jnp.arange(length)
+    logits = jax.nn.one_hot(ids, V + 2) * peak[:, None]
+    return jnp.broadcast_to(logits, tokens.shape + (V + 2,))
+  return logits_fn
+
+
+@pytest.mark.parametrize('sampler, calls', [('low_confidence', 7), ('threshold', 2)])
+def test_stop_at_eos_ends_a_row_once_everything_before_its_eos_is_decided(sampler, calls):
+  canvas = prompt_canvas(batch=1, prompt_len=5, gen_length=16)
+  run = lambda **kw: sampling.sample(eos_model(eos_at=5 + 6), None, canvas, jax.random.key(0),
+                                     settings(sampler=sampler, steps=16, block_length=4,
+                                              threshold=0.99, **kw), 5)
+  full, stopped = run(), run(stop_at_eos=True)
+  assert int(full.nfe[0]) == 16 // (1 if sampler == 'low_confidence' else 4)
+  assert int(stopped.nfe[0]) == calls
+  np.testing.assert_array_equal(stopped.tokens[0, :12], full.tokens[0, :12])
+  assert int(stopped.tokens[0, 11]) == EOS and np.all(np.asarray(stopped.tokens[0, 13:]) == EOS)
+  assert np.all(np.asarray(stopped.commit_step[0, 13:]) == calls - 1)

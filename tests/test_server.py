@@ -94,6 +94,15 @@ def test_completions_schema_usage_and_prompt_batches(url):
   usage = body['usage']
   assert usage['total_tokens'] == usage['prompt_tokens'] + usage['completion_tokens']
   assert 0 < usage['completion_tokens'] <= 4 * 8
+  assert 4 <= usage['nfe'] <= 4 * 8  # model calls of the 4 rows: at most steps each
+
+
+def test_adaptive_samplers_report_the_model_calls_they_saved(url):
+  """threshold 0 commits a whole block per call: one 8-token block, one call per row."""
+  status, _, body = complete(url, prompt=['a = ', 'b = '], sampler='threshold', threshold=0.0,
+                             max_tokens=8, steps=8, block_length=8, seed=0)
+  assert status == 200, body
+  assert body['usage']['nfe'] == 2 and body['usage']['completion_tokens'] > 0
 
 
 def test_chat_schema_and_model_listing(url):
@@ -192,6 +201,9 @@ BAD_REQUESTS = [
     ('enormous max_tokens', {'model': MODEL, 'prompt': 'x', 'max_tokens': 2**70}, 400,
      'max_tokens'),
     ('zero steps', {'model': MODEL, 'prompt': 'x', 'steps': 0}, 400, 'steps'),
+    ('threshold above 1', {'model': MODEL, 'prompt': 'x', 'sampler': 'threshold',
+                           'threshold': 1.5}, 400, 'threshold'),
+    ('negative factor', {'model': MODEL, 'prompt': 'x', 'factor': -1.0}, 400, 'factor'),
     ('block not dividing', {'model': MODEL, 'prompt': 'x', 'max_tokens': 8,
                             'block_length': 3}, 400, 'block_length: 3 must divide'),
     ('steps not fitting blocks', {'model': MODEL, 'prompt': 'x', 'max_tokens': 8,

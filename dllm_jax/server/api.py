@@ -79,6 +79,13 @@ class _Request(BaseModel):
                                    'block; default: 32 where it divides max_tokens and fits '
                                    'the steps, else max_tokens.')
   sampler: Literal[SAMPLERS] = 'low_confidence'
+  threshold: float = Field(0.9, ge=0, le=1, description='threshold sampler: commit every '
+                           'position of the block whose probability exceeds this.')
+  factor: float = Field(1.0, ge=0, le=1e6, description='factor sampler: commit the n most '
+                        'probable while (n + 1)(1 - p_n) < factor.')
+  entropy_bound: float = Field(0.1, ge=0, le=1e6, description='entropy_bound sampler: commit '
+                               'the lowest-entropy positions while their summed entropy, less '
+                               'the largest, stays within this.')
   cfg_scale: float = Field(0.0, ge=0, le=100, description='Classifier-free guidance weight.')
 
 
@@ -189,7 +196,8 @@ def _resolve_settings(req: _Request, max_tokens: int) -> engine_lib.Settings:
   return engine_lib.Settings(gen_length=max_tokens, steps=steps, block_length=block,
                              sampler=req.sampler, temperature=req.temperature,
                              top_k=min(req.top_k, engine_lib.MAX_TOP_K), top_p=req.top_p,
-                             cfg_scale=req.cfg_scale)
+                             cfg_scale=req.cfg_scale, threshold=req.threshold,
+                             factor=req.factor, entropy_bound=req.entropy_bound)
 
 
 def _cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
@@ -306,7 +314,8 @@ def create_app(engine: engine_lib.Engine, *, model_name: str, api_key: str | Non
     return result
 
   def choices_of(rows, stops, chat: bool):
-    out, tokens = [], 0
+    """The choices, their completion tokens and the model calls their rows used."""
+    out, tokens, calls = [], 0, 0
     for i, row in enumerate(rows):
       text, stopped = _cut_at_stop(row.text, stops)
       if chat:
@@ -316,12 +325,13 @@ def create_app(engine: engine_lib.Engine, *, model_name: str, api_key: str | Non
       body = ({'message': {'role': 'assistant', 'content': text}} if chat
               else {'text': text})
       out.append({'index': i, **body, 'logprobs': None, 'finish_reason': reason})
-    return out, tokens
+      calls += row.nfe
+    return out, tokens, calls
 
-  def usage(prompts, suffix, req, completion_tokens):
+  def usage(prompts, suffix, req, completion_tokens, calls):
     prompt_tokens = sum(len(p) + len(suffix) for p in prompts) * req.n
     return {'prompt_tokens': prompt_tokens, 'completion_tokens': completion_tokens,
-            'total_tokens': prompt_tokens + completion_tokens}
+            'total_tokens': prompt_tokens + completion_tokens, 'nfe': calls}
 
   async def respond(req: _Request, request: Request, prompts, max_tokens, chat: bool,
                     suffix: np.ndarray = engine_lib.NO_SUFFIX):
@@ -334,8 +344,8 @@ def create_app(engine: engine_lib.Engine, *, model_name: str, api_key: str | Non
         rows = await finished_rows(job, events, request)
       except _ClientGone:
         return JSONResponse(_error_body('client closed the request', 'client_error'), 499)
-      choices, tokens = choices_of(rows, stops, chat)
-      return {**head, 'choices': choices, 'usage': usage(prompts, suffix, req, tokens)}
+      choices, tokens, calls = choices_of(rows, stops, chat)
+      return {**head, 'choices': choices, 'usage': usage(prompts, suffix, req, tokens, calls)}
     chunk_head = {**head, 'object': 'chat.completion.chunk' if chat else 'text_completion'}
     empty = {'delta': {}} if chat else {'text': ''}
     include_usage = bool((req.stream_options or {}).get('include_usage'))
@@ -363,14 +373,15 @@ def create_app(engine: engine_lib.Engine, *, model_name: str, api_key: str | Non
           if isinstance(result, Exception):
             yield sse(_error_body(f'generation failed: {result}', 'server_error'))
             break
-          choices, tokens = choices_of(result, stops, chat)
+          choices, tokens, calls = choices_of(result, stops, chat)
           for c in choices:
             c.pop('logprobs')
             if chat:
               c['delta'] = {'content': c.pop('message')['content']}
           yield sse({**chunk_head, 'choices': choices})
           if include_usage:
-            yield sse({**chunk_head, 'choices': [], 'usage': usage(prompts, suffix, req, tokens)})
+            yield sse({**chunk_head, 'choices': [],
+                       'usage': usage(prompts, suffix, req, tokens, calls)})
           break
         yield 'data: [DONE]\n\n'
       except ApiError as e:

@@ -49,6 +49,9 @@ class Settings:
   top_k: int = 0
   top_p: float = 1.0
   cfg_scale: float = 0.0
+  threshold: float = 0.9  # the adaptive samplers' bounds
+  factor: float = 1.0
+  entropy_bound: float = 0.1
 
 
 @dataclasses.dataclass
@@ -57,6 +60,7 @@ class Row:
   text: str
   tokens: int  # generated tokens before the cut
   finish_reason: str  # 'stop' (a stop id) or 'length'
+  nfe: int  # the model calls its row used
 
 
 @dataclasses.dataclass(eq=False)
@@ -333,7 +337,11 @@ class Engine:
         gen_length=column('gen_length', jnp.int32), temperature=column('temperature',
                                                                        jnp.float32),
         top_k=column('top_k', jnp.int32), top_p=column('top_p', jnp.float32),
-        cfg_scale=column('cfg_scale', jnp.float32), forbid_eos=jnp.zeros(rows, bool))
+        cfg_scale=column('cfg_scale', jnp.float32), forbid_eos=jnp.zeros(rows, bool),
+        threshold=column('threshold', jnp.float32), factor=column('factor', jnp.float32),
+        entropy_bound=column('entropy_bound', jnp.float32),
+        # The text is cut at the first EOS anyway: nothing after it is worth a model call.
+        stop_at_eos=jnp.ones(rows, bool))
     keys = [jax.random.fold_in(jax.random.key(job.seed), i)
             for job in batch for i in range(len(job.prompts))]
     keys = jnp.stack(keys + keys[:1] * (rows - len(keys)))
@@ -345,7 +353,7 @@ class Engine:
       out = executable(self.model.params, jnp.asarray(canvas), keys, settings,
                        jnp.int32(SAMPLERS.index(batch[0].settings.sampler)),
                        jnp.asarray(valid), report=jnp.bool_(streaming))
-      tokens = np.asarray(jax.device_get(out.tokens))
+      tokens, nfe = jax.device_get((out.tokens, out.nfe))
     self._running = None
     self.metrics.batch_seconds.observe(time.perf_counter() - start)
     self.metrics.batch_rows.observe(len(prompts))
@@ -357,7 +365,8 @@ class Engine:
         generated = tokens[r, width:width + lengths[r]]
         stop = np.flatnonzero(np.isin(generated, tok.stop_ids))
         cut = generated[:stop[0]] if len(stop) else generated
-        rows_out.append(Row(tok.decode(cut), len(cut), 'stop' if len(stop) else 'length'))
+        rows_out.append(Row(tok.decode(cut), len(cut), 'stop' if len(stop) else 'length',
+                            int(nfe[r])))
         r += 1
       results.append(rows_out)
     return results
