@@ -5,12 +5,15 @@ r"""Diffusion LM against an autoregressive LM of the same size on the same data.
   python -m dllm_jax.benchmark --task=reverse_translation --dictionary_size=100 --out=DIR
   python -m dllm_jax.benchmark --task=reverse_completion --dllm_checkpoint=RUN1 \
       --ar_checkpoint=RUN2 --out=DIR
+  python -m dllm_jax.benchmark --task=frontier --dllm_checkpoint=RUN1 --ar_checkpoint=RUN2 \
+      --out=DIR
 
 The models are configs/llada_small.py and configs/ar_small.py at --size (small or tiny);
 tasks that need trained models train both alike (--train_steps) unless given training
 workdirs (--dllm_checkpoint, --ar_checkpoint). Each task writes DIR/<task>.json with every
 figure and setting, DIR/<task>.md with a table, and DIR/<task>.png. See
-dllm_jax/benchmarks/{generation_speed,likelihood,reversal}.py for what each measures.
+dllm_jax/benchmarks/{generation_speed,likelihood,reversal,frontier}.py for what each
+measures.
 """
 
 import os
@@ -21,10 +24,11 @@ from absl import app, flags
 from dllm_jax import cli
 from dllm_jax import data as data_lib
 from dllm_jax import generate
-from dllm_jax.benchmarks import common, generation_speed, likelihood, reversal
+from dllm_jax import sampling
+from dllm_jax.benchmarks import common, frontier, generation_speed, likelihood, reversal
 from dllm_jax.config import ConfigError
 
-TASKS = ('speed', 'likelihood', 'reverse_translation', 'reverse_completion')
+TASKS = ('speed', 'likelihood', 'reverse_translation', 'reverse_completion', 'frontier')
 
 
 def define_flags():
@@ -37,16 +41,20 @@ def define_flags():
   flags.DEFINE_string('ar_checkpoint', '', 'A trained AR workdir (else trained here).')
   flags.DEFINE_integer('train_steps', 0, 'Steps to train each model (0: the config\'s).')
   flags.DEFINE_list('lengths', ['64', '128', '256', '512', '1024'], 'speed: lengths.')
-  flags.DEFINE_list('batch_sizes', ['1', '16'], 'speed: batch sizes.')
+  flags.DEFINE_list('batch_sizes', ['1', '16'], 'speed, frontier: batch sizes.')
   flags.DEFINE_integer('dllm_steps', 64, 'speed: the fixed number of denoising steps.')
-  flags.DEFINE_integer('repeats', 3, 'speed: timed runs per point.')
+  flags.DEFINE_integer('repeats', 3, 'speed, frontier: timed runs per point.')
+  flags.DEFINE_integer('prompts', 32, 'frontier: validation-text prompts.')
+  flags.DEFINE_integer('prompt_len', 32, 'frontier: tokens per prompt.')
+  flags.DEFINE_integer('gen_length', 128, 'frontier: tokens to generate.')
+  flags.DEFINE_integer('block_length', 32, 'frontier: the dLLM\'s block length.')
   flags.DEFINE_integer('steps_equal_length_up_to', 1024, 'speed: time the dLLM with steps = '
                        'length only up to this length (it costs length^2).')
   flags.DEFINE_integer('dictionary_size', 100, 'reverse_translation: pairs.')
   flags.DEFINE_integer('pair_repeats', 60, 'reverse_translation: passes over the pairs.')
   flags.DEFINE_integer('pairs', 100, 'reverse_completion: line pairs.')
-  flags.DEFINE_string('text_file', '', 'reverse_completion: text (default: the validation '
-                      'split of the default corpus).')
+  flags.DEFINE_string('text_file', '', 'reverse_completion, frontier: text (default: the '
+                      'validation split of the default corpus).')
   flags.DEFINE_integer('seed', 0, 'Seed of the generated data.')
   flags.DEFINE_string('data_files', '', 'Training text for likelihood and reverse_completion '
                       '(config.data.files; default: the standard library).')
@@ -66,6 +74,17 @@ def _trained(kinds, size, runs, steps, given, **data_overrides) -> dict[str, gen
       common.train_model(kind, size, workdir, **overrides)
     models[kind] = generate.load(workdir=workdir)
   return models
+
+
+def _validation_text(f, size: str, data: dict) -> str:
+  """--text_file, or the validation split of the default corpus."""
+  if f.text_file:
+    with open(f.text_file, encoding='utf-8') as fh:
+      return fh.read()
+  data_config = common.config_for('dllm', size).data
+  data_config.update(data)
+  records = data_lib.open_sources(data_config)['eval'].records
+  return ''.join(records[i]['text'].decode('utf-8') for i in range(len(records)))
 
 
 def run(task: str, kinds, out: str, size: str, f) -> dict:
@@ -106,16 +125,17 @@ def run(task: str, kinds, out: str, size: str, f) -> dict:
               'train_steps': f.train_steps, 'size': size, 'pairs': pairs}
     common.write_report(out, task, result, rows, ['model', 'query', 'n', 'exact_match',
                                                   'char_similarity'], reversal.plot_accuracy)
+  elif task == 'frontier':
+    models = _trained(common.MODELS, size, runs, f.train_steps, given, **data)
+    result, rows = frontier.run(
+        models, _validation_text(f, size, data), prompts=f.prompts, prompt_len=f.prompt_len,
+        gen_length=f.gen_length, block_length=f.block_length,
+        batch_sizes=[int(b) for b in f.batch_sizes], repeats=f.repeats)
+    common.write_report(out, task, result, rows, frontier.COLUMNS, frontier.plot,
+                        notes=frontier.notes(result, rows))
   else:
     models = _trained(kinds, size, runs, f.train_steps, given, **data)
-    if f.text_file:
-      with open(f.text_file, encoding='utf-8') as fh:
-        text = fh.read()
-    else:
-      data_config = common.config_for('dllm', size).data
-      data_config.update(data)
-      records = data_lib.open_sources(data_config)['eval'].records
-      text = ''.join(records[i]['text'].decode('utf-8') for i in range(len(records)))
+    text = _validation_text(f, size, data)
     triples = reversal.line_pairs(text, f.pairs, f.seed)
     rows = reversal.evaluate_completion(models, triples)
     result = {'task': task, 'pairs': len(triples), 'size': size,
@@ -136,7 +156,7 @@ def main(argv):
     if unknown or not kinds:
       raise ConfigError(f'--models: {", ".join(f.models)}; choose from {", ".join(common.MODELS)}.')
     run(f.task, kinds, f.out, f.size, f)
-  except (ConfigError, FileNotFoundError, data_lib.DataError) as e:
+  except (ConfigError, FileNotFoundError, data_lib.DataError, sampling.SamplingError) as e:
     sys.exit(f'error: {e}')
   print(f'wrote {os.path.join(f.out, f.task)}.{{json,md,png}}')
 

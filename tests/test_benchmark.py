@@ -22,7 +22,8 @@ def flags_for(**overrides):
   defaults = dict(dllm_checkpoint='', ar_checkpoint='', train_steps=4, lengths=['8', '16'],
                   batch_sizes=['1', '2'], dllm_steps=8, repeats=1, dictionary_size=8,
                   pair_repeats=3, pairs=6, text_file='', seed=0, data_files='', data_dir='',
-                  steps_equal_length_up_to=1024, runs='')
+                  steps_equal_length_up_to=1024, runs='', prompts=4, prompt_len=8,
+                  gen_length=16, block_length=8)
   return types.SimpleNamespace(**{**defaults, **overrides})
 
 
@@ -64,7 +65,21 @@ def test_every_task_runs_tiny_and_writes_its_outputs(task, tmp_path, corpus_dir,
   assert {row['model'] for row in result['rows']} == {'dllm', 'ar'}
   if task != 'speed':  # the models it trained are kept apart from the report
     assert {'ar', 'dllm'} <= set(os.listdir(os.path.join(out, 'runs', task)))
-  if task == 'speed':
+  if task == 'frontier':
+    at = {(r['model'], r['setting'], r['batch']): r for r in result['rows']}
+    for batch in (1, 2):
+      exact = at[('dllm', '16 steps', batch)]
+      assert exact['nfe_per_token'] == 1 and exact['agreement'] > 0.99
+      assert at[('ar', 'greedy', batch)]['nfe_per_token'] == 1
+      one_per_step = at[('dllm', 'threshold 1.0 (= 1 token/step)', batch)]
+      assert one_per_step['agreement'] == exact['agreement'] and one_per_step['nfe_per_token'] == 1
+      assert at[('dllm', '4 steps', batch)]['nfe_per_token'] == 0.25
+      assert 1 / 8 <= at[('dllm', 'threshold 0.7 + cache', batch)]['nfe_per_token'] <= 1
+    for r in result['rows']:
+      assert r['gen_ppl'] > 1 and 0 <= r['entropy'] <= np.log(16) and r['tokens_per_sec'] > 0
+      assert 0 <= r['exact_continuations'] <= r['reference_match'] <= 1
+    assert result['reference_gen_ppl'] > 1
+  elif task == 'speed':
     assert {r['gen_length'] for r in result['rows']} == {8, 16}
     assert all(r['tokens_per_sec'] > 0 and r['gflops_per_token'] > 0 for r in result['rows'])
   elif task == 'likelihood':

@@ -1,0 +1,238 @@
+"""Task `frontier`: speed against quality for parallel decoding, and the AR twin beside it.
+
+Both models continue the same prompts, windows of validation text, for `gen_length` tokens.
+Every setting is timed end to end through `generate.generate_ids` (after a compiling
+warm-up call, batches of `batch` rows) and its samples are scored the way the literature
+scores them, so that speed is never bought silently:
+
+- `gen_ppl`: the generative perplexity of the continuations under the AR twin, given their
+  prompts (MDLM / ReMDM score samples with a larger AR model; here the twin is the best AR
+  model there is), with `entropy`, the mean unigram entropy of a continuation in nats, which
+  falls when a sampler repeats itself;
+- `agreement`: the fraction of generated tokens equal to the exact greedy sampler's
+  (`low_confidence`, one token per step, no cache);
+- `reference_match` and `exact_continuations`: the fraction of generated tokens, and of
+  whole continuations, equal to the validation text that followed the prompt.
+
+`nfe_per_token` is the model calls per generated token (the AR model: 1); `ms_per_call`
+the time of one batch call divided by the calls it made. `project` turns measured NFE per
+token into tokens/s on an accelerator from a roofline model of each call.
+"""
+
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dllm_jax import data as data_lib
+from dllm_jax import diffusion
+from dllm_jax import generate
+
+GREEDY = dict(sampler='low_confidence', temperature=0.0)
+COLUMNS = ['model', 'setting', 'batch', 'tokens_per_sec', 'nfe_per_token', 'ms_per_call',
+           'gen_ppl', 'entropy', 'agreement', 'reference_match', 'exact_continuations']
+
+
+def dllm_settings(gen_length: int, block_length: int) -> list[tuple[str, dict]]:
+  """The dLLM grid: fixed steps {L, L/2, L/4}, thresholds, factors, entropy bounds (all
+  greedy, one step budget of L), each also with the block cache; and threshold 1, which
+  commits one token a step exactly as the fixed sampler does, to price the adaptive rule."""
+  fixed = [(f'{gen_length // d} steps', dict(GREEDY, steps=gen_length // d)) for d in (1, 2, 4)]
+  budget = dict(temperature=0.0, steps=gen_length)
+  adaptive = ([(f'threshold {t}', dict(budget, sampler='threshold', threshold=t))
+               for t in (0.95, 0.9, 0.8, 0.7)]
+              + [(f'factor {f}', dict(budget, sampler='factor', factor=f)) for f in (1.0, 2.0)]
+              + [(f'entropy_bound {g}', dict(budget, sampler='entropy_bound', entropy_bound=g))
+                 for g in (0.1, 0.5)])
+  grid = [(label, dict(s, block_length=block_length)) for label, s in fixed + adaptive]
+  grid += [(f'{label} + cache', dict(s, block_cache=True)) for label, s in grid]
+  grid.append(('threshold 1.0 (= 1 token/step)',
+               dict(budget, sampler='threshold', threshold=1.0, block_length=block_length)))
+  return grid
+
+
+AR_SETTINGS = [('greedy', dict(temperature=0.0)), ('temperature 1', dict(temperature=1.0)),
+               ('top-p 0.9', dict(temperature=1.0, top_p=0.9))]
+
+
+def prompts_from_text(tokenizer, text: str, count: int, prompt_len: int,
+                      gen_length: int) -> tuple[np.ndarray, np.ndarray]:
+  """`count` evenly spaced windows of the text: prompts [N, prompt_len] and the reference
+  continuations [N, gen_length]."""
+  ids = np.asarray(tokenizer.encode(text), np.int32)
+  window = prompt_len + gen_length
+  if len(ids) < window * count:
+    raise data_lib.DataError(f'the validation text has {len(ids)} tokens; {count} prompts of '
+                     f'{prompt_len} + {gen_length} need {window * count}.')
+  starts = np.linspace(0, len(ids) - window, count).astype(int)
+  rows = np.stack([ids[s:s + window] for s in starts])
+  return rows[:, :prompt_len], rows[:, prompt_len:]
+
+
+def _ar_nll_fn(ar: generate.Model):
+  def nlls(params, prompts_NxP, generated_NxG):
+    """[N] summed -log p(continuation | BOS, prompt) under the AR model, in nats."""
+    sequence = jnp.concatenate([prompts_NxP, generated_NxG], axis=1)
+    bos = jnp.full((sequence.shape[0], 1), ar.tokenizer.bos_id, sequence.dtype)
+    logits = ar.logits_fn(params, jnp.concatenate([bos, sequence[:, :-1]], axis=1))
+    ce = diffusion.cross_entropy(logits, sequence, ar.tokenizer.mask_id, ar.tokenizer.vocab_size)
+    return jnp.sum(ce[:, prompts_NxP.shape[1]:], axis=1)
+  return jax.jit(nlls)
+
+
+def unigram_entropy(tokens_G: np.ndarray) -> float:
+  """The entropy, in nats, of the tokens' empirical distribution."""
+  _, counts = np.unique(tokens_G, return_counts=True)
+  p = counts / counts.sum()
+  return float(-np.sum(p * np.log(p)))
+
+
+def run_setting(model: generate.Model, prompts: np.ndarray, gen_length: int, batch: int,
+                settings: dict, repeats: int = 1) -> tuple[np.ndarray, np.ndarray, float, int]:
+  """(generated [N, G], NFE [N], seconds for all N, batch calls' summed max NFE), the
+  prompts in batches of `batch` rows; the first batch runs once before the clock starts
+  (compilation), and the time is the median of `repeats` passes."""
+  batches = [prompts[i:i + batch] for i in range(0, len(prompts), batch)]
+  run = lambda rows: generate.generate_ids(model, list(rows), gen_length=gen_length, **settings)
+  run(batches[0])
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    outs = [run(rows) for rows in batches]
+    times.append(time.perf_counter() - start)
+  generated = np.stack([c.tokens for out in outs for c in out])
+  nfe = np.asarray([c.nfe for out in outs for c in out])
+  calls = sum(max(c.nfe for c in out) for out in outs)
+  return generated, nfe, statistics.median(times), calls
+
+
+def run(models: dict[str, generate.Model], text: str, *, prompts: int, prompt_len: int,
+        gen_length: int, block_length: int, batch_sizes, repeats: int = 1,
+        settings: list[tuple[str, dict]] | None = None) -> tuple[dict, list[dict]]:
+  dllm, ar = models['dllm'], models['ar']
+  prompt_ids, reference = prompts_from_text(dllm.tokenizer, text, prompts, prompt_len,
+                                            gen_length)
+  nll_fn = _ar_nll_fn(ar)
+  exact, *_ = run_setting(dllm, prompt_ids, gen_length, max(batch_sizes),
+                          dict(GREEDY, steps=gen_length, block_length=block_length))
+  grid = [('ar', label, s) for label, s in AR_SETTINGS]
+  grid += [('dllm', label, s) for label, s in (settings or dllm_settings(gen_length,
+                                                                          block_length))]
+  rows = []
+  for batch in batch_sizes:
+    for kind, label, setting in grid:
+      generated, nfe, seconds, calls = run_setting(models[kind], prompt_ids, gen_length, batch,
+                                                   setting, repeats)
+      with ar.placed():
+        nll = np.asarray(nll_fn(ar.params, jnp.asarray(prompt_ids), jnp.asarray(generated)))
+      tokens = generated.size
+      rows.append({
+          'model': kind, 'setting': label, 'batch': batch, **setting,
+          'tokens_per_sec': tokens / seconds,
+          'nfe_per_token': float(nfe.sum() / tokens),
+          'ms_per_call': 1e3 * seconds / calls,
+          'gen_ppl': float(np.exp(nll.sum() / tokens)),
+          'entropy': float(np.mean([unigram_entropy(g) for g in generated])),
+          'agreement': float(np.mean(generated == exact)),
+          'reference_match': float(np.mean(generated == reference)),
+          'exact_continuations': float(np.mean(np.all(generated == reference, axis=1))),
+      })
+  result = {'task': 'frontier', 'prompts': prompts, 'prompt_len': prompt_len,
+            'gen_length': gen_length, 'block_length': block_length,
+            'batch_sizes': list(batch_sizes), 'repeats': repeats,
+            'params_millions': {k: m.config.num_params() / 1e6 for k, m in models.items()},
+            'reference_gen_ppl': _reference_ppl(nll_fn, ar, prompt_ids, reference)}
+  return result, rows
+
+
+def _reference_ppl(nll_fn, ar, prompt_ids, reference) -> float:
+  """The AR twin's perplexity on the real continuations: what good text scores."""
+  with ar.placed():
+    nll = np.asarray(nll_fn(ar.params, jnp.asarray(prompt_ids), jnp.asarray(reference)))
+  return float(np.exp(nll.sum() / reference.size))
+
+
+def plot(rows: list[dict]):
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  batches = sorted({r['batch'] for r in rows})
+  figure, axes = plt.subplots(1, len(batches), figsize=(6.5 * len(batches), 5), squeeze=False)
+  styles = {('ar', False): ('tab:red', 's'), ('dllm', False): ('tab:blue', 'o'),
+            ('dllm', True): ('tab:green', '^')}
+  for ax, batch in zip(axes[0], batches):
+    for r in (r for r in rows if r['batch'] == batch):
+      color, marker = styles[(r['model'], bool(r.get('block_cache')))]
+      ax.scatter(r['tokens_per_sec'], r['gen_ppl'], color=color, marker=marker)
+      ax.annotate(f"{r['setting']} ({r['nfe_per_token']:.2f})", (r['tokens_per_sec'],
+                                                                   r['gen_ppl']),
+                  fontsize=6, xytext=(3, 3), textcoords='offset points')
+    for (kind, cached), (color, marker) in styles.items():
+      ax.scatter([], [], color=color, marker=marker,
+                 label=kind + (' + block cache' if cached else ''))
+    ax.set(xscale='log', xlabel='tokens / s', ylabel='generative perplexity (AR twin)',
+           title=f'batch {batch} (NFE per token in brackets)')
+    ax.grid(True, which='both', alpha=0.3)
+    ax.legend(fontsize=8)
+  return figure
+
+
+# ---- on paper: the accelerator side
+
+# name: (HBM bytes/s, dense bf16 FLOP/s), from the vendors' data sheets (SXM parts).
+ACCELERATORS = {'H100': (3.35e12, 989e12), 'H200': (4.8e12, 989e12)}
+
+
+def call_seconds(params: float, tokens: int, device: str, bytes_per_param: int = 2) -> float:
+  """Roofline time of one model call over `tokens` positions: the larger of reading every
+  weight once (memory-bound) and 2 FLOPs per weight per position (compute-bound).
+  Attention, the cache's reads and the kernels' efficiency are left out: an upper bound on
+  speed for both models alike."""
+  bandwidth, flops = ACCELERATORS[device]
+  return max(params * bytes_per_param / bandwidth, 2 * params * tokens / flops)
+
+
+def project(params: float, nfe_per_token: float, batch: int, block: int, canvas: int,
+            gen_length: int, device: str) -> dict:
+  """Projected tokens/s of AR decoding (one position per row a call) and of the dLLM's
+  adaptive block-cached decoding (each call runs a `block` of positions per row, the first
+  call of each block the whole `canvas`), from measured NFE per token."""
+  ar = batch / call_seconds(params, batch, device)
+  blocks = gen_length // block
+  calls = nfe_per_token * gen_length  # per row, all blocks
+  seconds = (blocks * call_seconds(params, batch * canvas, device)
+             + max(calls - blocks, 0) * call_seconds(params, batch * block, device))
+  return {'device': device, 'batch': batch, 'ar_tokens_per_sec': ar,
+          'dllm_tokens_per_sec': batch * gen_length / seconds}
+
+
+def notes(result: dict, rows: list[dict]) -> str:
+  """What the table says, for each batch size: the exact sampler, the cheapest setting
+  within 5% of its generative perplexity, whether the dLLM reaches the AR twin's greedy
+  speed at no worse perplexity, and what the adaptive rule costs per call."""
+  lines = [f"AR twin's perplexity on the reference continuations: "
+           f"{result['reference_gen_ppl']:.3f}."]
+  exact_label = f"{result['gen_length']} steps"
+  for batch in result['batch_sizes']:
+    at = {(r['model'], r['setting']): r for r in rows if r['batch'] == batch}
+    exact, ar = at[('dllm', exact_label)], at[('ar', 'greedy')]
+    close = [r for (kind, _), r in at.items()
+             if kind == 'dllm' and r['gen_ppl'] <= 1.05 * exact['gen_ppl']]
+    cheapest = min(close, key=lambda r: r['nfe_per_token'])
+    reach = [r for (kind, _), r in at.items() if kind == 'dllm' and r.get('block_cache')
+             and r['gen_ppl'] <= ar['gen_ppl']]
+    fastest = max(reach, key=lambda r: r['tokens_per_sec'], default=None)
+    one_per_step = at[('dllm', 'threshold 1.0 (= 1 token/step)')]
+    lines.append(
+        f"Batch {batch}: exact sampler ({exact_label}) {exact['tokens_per_sec']:.0f} tokens/s, "
+        f"gen. perplexity {exact['gen_ppl']:.3f}; fewest calls within 5% of it: "
+        f"{cheapest['setting']} at {cheapest['nfe_per_token']:.3f} NFE/token "
+        f"({cheapest['nfe_per_token']:.0%} of the exact sampler's calls), "
+        f"{cheapest['tokens_per_sec']:.0f} tokens/s, perplexity {cheapest['gen_ppl']:.3f}. "
+        f"AR greedy: {ar['tokens_per_sec']:.0f} tokens/s, perplexity {ar['gen_ppl']:.3f}; "
+        + (f"fastest block-cached dLLM at no worse perplexity: {fastest['setting']}, "
+           f"{fastest['tokens_per_sec'] / ar['tokens_per_sec']:.2f}x the AR speed"
+           if fastest else 'no block-cached dLLM setting reaches its perplexity')
+        + f". Adaptive rule per call (threshold 1 vs {exact_label}, same calls and tokens): "
+        f"{one_per_step['ms_per_call'] / exact['ms_per_call']:.3f}x.")
+  return '\n\n'.join(lines)
