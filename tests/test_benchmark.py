@@ -99,10 +99,12 @@ def test_unknown_model_is_a_clear_error(tmp_path):
 
 
 def test_sample_speed_loop_and_sampler_agree_over_blocks_and_rows(tiny_config):
-  # benchmark() raises if the per-step loop and the jitted sampler differ in any token.
+  # benchmark() raises if the per-step loop, the jitted sampler or the adaptive one at
+  # threshold 1 differ in any token.
   row = sample_speed.benchmark(tiny_config, batch_size=3, gen_length=16, steps=8,
                                block_length=4, prompt_len=5, repeats=1, peak_flops=1e12)
   assert row['canvas_length'] == 21 and row['token_agreement'] == 1.0
+  assert row['adaptive_over_jitted'] == pytest.approx(row['adaptive_s'] / row['jitted_s'])
   assert row['speedup_bound'] == pytest.approx(row['loop_s'] / row['forwards_s'])
   assert row['roofline_step_s'] == pytest.approx(2 * row['params_millions'] * 1e6 * 3 * 21
                                                  / 1e12)
@@ -205,3 +207,18 @@ def test_accelerator_summary_tabulates_the_rows(tmp_path):
           '(table) | 31 s | NVIDIA H200 | 2026-12-02 |') in text
   assert ('| `llada_1b.py` | 1.03B | bfloat16 | 16 | 9.6 ms | 4.8 ms | 2.00x | 9 ms | '
           '1,666 | 4,000 | 1,500 | 1.11x (2.67x) | 90.0% |') in text
+
+
+def test_frontier_projection_follows_the_roofline():
+  from dllm_jax.benchmarks import frontier  # pylint: disable=g-import-not-at-top
+  geometry = dict(block=32, prompt_len=32, gen_length=128, device='H200')
+  one, half = (frontier.project(n, batch=1, **geometry) for n in (1.0, 0.5))
+  # Batch 1 is memory-bound for both: one call per token costs what AR does; half the calls
+  # is twice the speed.
+  assert one['dllm_tokens_per_sec'] == pytest.approx(one['ar_tokens_per_sec'])
+  assert half['dllm_tokens_per_sec'] == pytest.approx(2 * one['dllm_tokens_per_sec'])
+  # At batch 16 the dLLM's 32 positions per row are compute-bound and AR's one is not.
+  wide = frontier.project(1.0, batch=16, **geometry)
+  assert wide['dllm_tokens_per_sec'] < wide['ar_tokens_per_sec']
+  crossovers = [frontier.crossover_batch(n, **geometry) for n in (1.0, 0.5, 0.1)]
+  assert crossovers == sorted(crossovers) and crossovers[0] == 1

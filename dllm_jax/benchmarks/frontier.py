@@ -144,6 +144,7 @@ def run(models: dict[str, generate.Model], text: str, *, prompts: int, prompt_le
             'batch_sizes': list(batch_sizes), 'repeats': repeats,
             'params_millions': {k: m.config.num_params() / 1e6 for k, m in models.items()},
             'reference_gen_ppl': _reference_ppl(nll_fn, ar, prompt_ids, reference)}
+  result['projection'] = projections(result, rows)
   return result, rows
 
 
@@ -181,29 +182,63 @@ def plot(rows: list[dict]):
 
 # name: (HBM bytes/s, dense bf16 FLOP/s), from the vendors' data sheets (SXM parts).
 ACCELERATORS = {'H100': (3.35e12, 989e12), 'H200': (4.8e12, 989e12)}
+LLADA_8B_PARAMS = 8.0e9  # weights read per call (bf16), embedding table included
 
 
 def call_seconds(params: float, tokens: int, device: str, bytes_per_param: int = 2) -> float:
-  """Roofline time of one model call over `tokens` positions: the larger of reading every
-  weight once (memory-bound) and 2 FLOPs per weight per position (compute-bound).
-  Attention, the cache's reads and the kernels' efficiency are left out: an upper bound on
-  speed for both models alike."""
+  """Roofline time of one model call over `tokens` positions in all: the larger of reading
+  every weight once (memory-bound) and 2 FLOPs per weight per position (compute-bound).
+  Attention, cache reads and kernel efficiency are left out, for both models alike: a
+  bound on speed, not a forecast."""
   bandwidth, flops = ACCELERATORS[device]
   return max(params * bytes_per_param / bandwidth, 2 * params * tokens / flops)
 
 
-def project(params: float, nfe_per_token: float, batch: int, block: int, canvas: int,
-            gen_length: int, device: str) -> dict:
-  """Projected tokens/s of AR decoding (one position per row a call) and of the dLLM's
-  adaptive block-cached decoding (each call runs a `block` of positions per row, the first
-  call of each block the whole `canvas`), from measured NFE per token."""
-  ar = batch / call_seconds(params, batch, device)
+def project(nfe_per_token: float, *, batch: int, block: int, prompt_len: int, gen_length: int,
+            device: str, params: float = LLADA_8B_PARAMS) -> dict:
+  """Projected tokens/s of AR decoding (a prefill, then one position per row a call) and of
+  the dLLM's block-cached decoding (each block's first call runs the whole canvas, its
+  others the block's positions), from a measured NFE per token."""
+  ar = (call_seconds(params, batch * prompt_len, device)
+        + (gen_length - 1) * call_seconds(params, batch, device))
   blocks = gen_length // block
-  calls = nfe_per_token * gen_length  # per row, all blocks
-  seconds = (blocks * call_seconds(params, batch * canvas, device)
-             + max(calls - blocks, 0) * call_seconds(params, batch * block, device))
-  return {'device': device, 'batch': batch, 'ar_tokens_per_sec': ar,
-          'dllm_tokens_per_sec': batch * gen_length / seconds}
+  cached_calls = max(nfe_per_token * gen_length - blocks, 0.0)
+  dllm = (blocks * call_seconds(params, batch * (prompt_len + gen_length), device)
+          + cached_calls * call_seconds(params, batch * block, device))
+  return {'device': device, 'batch': batch, 'gen_length': gen_length,
+          'ar_tokens_per_sec': batch * gen_length / ar,
+          'dllm_tokens_per_sec': batch * gen_length / dllm}
+
+
+def crossover_batch(nfe_per_token: float, *, block: int, prompt_len: int, gen_length: int,
+                    device: str, params: float = LLADA_8B_PARAMS,
+                    batches=tuple(2**i for i in range(11))) -> int | None:
+  """The largest of `batches` at which the dLLM projects at least as fast as AR (None: at
+  none); past it, its block of positions per row turns its calls compute-bound first."""
+  faster = [b for b in batches if (lambda p: p['dllm_tokens_per_sec'] >= p['ar_tokens_per_sec'])(
+      project(nfe_per_token, batch=b, block=block, prompt_len=prompt_len,
+              gen_length=gen_length, device=device, params=params))]
+  return max(faster, default=None)
+
+
+def projections(result: dict, rows: list[dict]) -> list[dict]:
+  """For LLaDA-8B on each accelerator, at batch 1 and 16 and lengths 128..1024: projected
+  tokens/s from the fewest NFE per token of a block-cached setting measured within 5% of
+  the exact sampler's perplexity at batch 1 (or 1, one token per call, if none is)."""
+  exact = next(r for r in rows if r['batch'] == min(result['batch_sizes'])
+               and r['setting'] == f"{result['gen_length']} steps")
+  close = [r['nfe_per_token'] for r in rows if r['batch'] == exact['batch']
+           and r.get('block_cache') and r['gen_ppl'] <= 1.05 * exact['gen_ppl']]
+  nfe = min(close, default=1.0)
+  out = []
+  for device in ACCELERATORS:
+    for length in (128, 256, 512, 1024):
+      geometry = dict(block=result['block_length'], prompt_len=result['prompt_len'],
+                      gen_length=length, device=device)
+      for batch in (1, 16):
+        out.append({**project(nfe, batch=batch, **geometry), 'nfe_per_token': nfe,
+                    'crossover_batch': crossover_batch(nfe, **geometry)})
+  return out
 
 
 def notes(result: dict, rows: list[dict]) -> str:
@@ -235,4 +270,10 @@ def notes(result: dict, rows: list[dict]) -> str:
            if fastest else 'no block-cached dLLM setting reaches its perplexity')
         + f". Adaptive rule per call (threshold 1 vs {exact_label}, same calls and tokens): "
         f"{one_per_step['ms_per_call'] / exact['ms_per_call']:.3f}x.")
+  lines.append('Projected for LLaDA-8B (bf16 roofline, `frontier.project`; NFE per token as '
+               'measured here): ' + '; '.join(
+                   f"{p['device']} batch {p['batch']} length {p['gen_length']}: AR "
+                   f"{p['ar_tokens_per_sec']:.0f}, dLLM {p['dllm_tokens_per_sec']:.0f} tokens/s "
+                   f"(dLLM ahead up to batch {p['crossover_batch']})"
+                   for p in result['projection'] if p['gen_length'] in (128, 1024)) + '.')
   return '\n\n'.join(lines)

@@ -16,6 +16,10 @@ in the same process, timed in interleaved rounds (one run of each per round):
 - `cached`: `jitted` with `block_cache` (Fast-dLLM's dual cache): the same steps, all but
   the first of each block on the block's tokens alone. Approximate: `cached_agreement` is
   the fraction of generated tokens equal to `jitted`'s.
+- `adaptive`: `jitted` with the adaptive `threshold` sampler at threshold 1, which makes
+  the same calls and commits the same tokens (checked) but runs the adaptive machinery
+  (the rule's count over sorted confidences, the early-exit bookkeeping):
+  `adaptive_over_jitted` is what that machinery costs per model call.
 
 By default the weights are randomly initialised (speed does not depend on them) and the
 prompts random printable bytes; with --workdir, the latest checkpoint of that training run
@@ -146,6 +150,7 @@ def benchmark(config, batch_size: int, gen_length: int, steps: int, block_length
   cfg = sampling.SamplerConfig(mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size,
                                eos_id=tokenizer.eos_id, steps=steps, block_length=block_length)
   cached_cfg = dataclasses.replace(cfg, block_cache=True)
+  adaptive_cfg = dataclasses.replace(cfg, sampler='threshold', threshold=1.0)
   canvas = np.concatenate([prompt, np.full((batch_size, gen_length), tokenizer.mask_id)], 1)
   canvas = jnp.asarray(canvas, jnp.int32)
   forward = jax.jit(lambda p, x: logits_fn(p, x))
@@ -157,6 +162,8 @@ def benchmark(config, batch_size: int, gen_length: int, steps: int, block_length
       'forwards': lambda: forwards(logits_fn, params, canvas, steps),
       'cached': lambda: sampling.sample(logits_fn, params, canvas, jax.random.key(0),
                                         cached_cfg, prompt_len, decode_fn=decode_fn).tokens,
+      'adaptive': lambda: sampling.sample(logits_fn, params, canvas, jax.random.key(0),
+                                          adaptive_cfg, prompt_len).tokens,
   }
   seconds, outputs = interleaved_medians(methods, repeats)
   generated = {name: np.asarray(out)[:, prompt_len:] for name, out in outputs.items()}
@@ -164,6 +171,8 @@ def benchmark(config, batch_size: int, gen_length: int, steps: int, block_length
   if agreement < 1 and model_config.dtype == 'float32' and jax.default_backend() == 'cpu':
     raise AssertionError(f'the jitted sampler and the loop disagree on {1 - agreement:.1%} '
                          'of the tokens')
+  if not np.array_equal(generated['adaptive'], generated['jitted']):
+    raise AssertionError('threshold 1 committed other tokens than the one-token sampler')
   peak = peak_flops or metrics_lib.peak_flops_per_device() or metrics_lib.measured_matmul_flops()
   roofline_step_s = 2 * model_config.num_params() * canvas.size / peak
   tokens = batch_size * gen_length
@@ -179,6 +188,7 @@ def benchmark(config, batch_size: int, gen_length: int, steps: int, block_length
           'cached_tokens_per_sec': tokens / seconds['cached'],
           'cached_speedup': seconds['loop'] / seconds['cached'],
           'cached_agreement': float(np.mean(generated['cached'] == generated['jitted'])),
+          'adaptive_over_jitted': seconds['adaptive'] / seconds['jitted'],
           'step_latency_s': seconds['jitted'] / steps,
           'forward_latency_s': seconds['forwards'] / steps,
           'roofline_step_s': roofline_step_s, 'peak_tflops': peak / 1e12,
