@@ -189,8 +189,8 @@ def test_accelerator_summary_tabulates_the_rows(tmp_path):
                 'step_latency_over_roofline': 2.0, 'forward_latency_s': 0.009,
                 'jitted_tokens_per_sec': 1666, 'cached_tokens_per_sec': 4000,
                 'loop_tokens_per_sec': 1500, 'speedup': 1.11, 'cached_speedup': 2.67,
-                'cached_agreement': 0.9, 'gen_length': 128, 'canvas_length': 144, 'steps': 128,
-                'block_length': 32, 'peak_tflops': 989.0}
+                'cached_agreement': 0.9, 'adaptive_over_jitted': 1.02, 'gen_length': 128,
+                'canvas_length': 144, 'steps': 128, 'block_length': 32, 'peak_tflops': 989.0}
   part = dict(status='ok', seconds=60, budget_s=120, command='python -m ...')
   (tmp_path / 'env.json').write_text(json.dumps(
       {'date': '2026-12-02', 'device_kind': 'NVIDIA H200', 'device_count': 1,
@@ -206,7 +206,7 @@ def test_accelerator_summary_tabulates_the_rows(tmp_path):
   assert ('| `llada_100m.py` | cudnn | 114M | 32 x 1024 | 66 ms | 496,000 | 394 | 39.8% of 989 '
           '(table) | 31 s | NVIDIA H200 | 2026-12-02 |') in text
   assert ('| `llada_1b.py` | 1.03B | bfloat16 | 16 | 9.6 ms | 4.8 ms | 2.00x | 9 ms | '
-          '1,666 | 4,000 | 1,500 | 1.11x (2.67x) | 90.0% |') in text
+          '1,666 | 4,000 | 1,500 | 1.11x (2.67x) | 90.0% | 1.020x |') in text
 
 
 def test_frontier_projection_follows_the_roofline():

@@ -82,7 +82,8 @@ def summarize(out: str) -> str:
     lines += ['## Sampling: per-step latency against the roofline', '',
               '| config | params | dtype | batch | step latency | roofline step | ratio '
               '| forward | jitted tokens/s | cached tokens/s | loop tokens/s | speedup (cached) '
-              '| cached = exact | machine | date |', '| --- ' * 15 + '|']
+              '| cached = exact | adaptive rule per call | machine | date |',
+              '| --- ' * 16 + '|']
     for p, r in sample:
       lines.append(
           f'| `{p["config"]}` | {_params(r["params_millions"])} | {r["dtype"]} | '
@@ -91,14 +92,17 @@ def summarize(out: str) -> str:
           f'{r["step_latency_over_roofline"]:.2f}x | {_ms(r["forward_latency_s"])} | '
           f'{r["jitted_tokens_per_sec"]:,.0f} | {r["cached_tokens_per_sec"]:,.0f} | '
           f'{r["loop_tokens_per_sec"]:,.0f} | {r["speedup"]:.2f}x ({r["cached_speedup"]:.2f}x) '
-          f'| {r["cached_agreement"]:.1%} | {machine} | {date} |')
+          f'| {r["cached_agreement"]:.1%} | {r["adaptive_over_jitted"]:.3f}x | {machine} '
+          f'| {date} |')
     first = sample[0][1]
     prompt_len = first['canvas_length'] - first['gen_length']
     lines += ['', f'{first["gen_length"]} tokens after a {prompt_len}-token prompt in '
               f'{first["steps"]} steps, blocks of {first["block_length"]}, random weights. '
               'Roofline: 2 x parameters x canvas tokens FLOPs per step at '
               f'{first["peak_tflops"]:.3g} TFLOP/s; `forward`: a bare forward pass in a loop; '
-              '`cached`: block_cache (approximate, agreement with the exact sampler shown).', '']
+              '`cached`: block_cache (approximate, agreement with the exact sampler shown); '
+              'adaptive rule per call: the `threshold` sampler at threshold 1 (same calls and '
+              'tokens) over `jitted`.', '']
   lines += ['## Parts', '', '| part | status | seconds | budget (s) | command |',
             '| --- | --- | --- | --- | --- |']
   for p in parts:
