@@ -14,9 +14,11 @@ scores them, so that speed is never bought silently:
 - `reference_match` and `exact_continuations`: the fraction of generated tokens, and of
   whole continuations, equal to the validation text that followed the prompt.
 
-`nfe_per_token` is the model calls per generated token (the AR model: 1); `ms_per_call`
-the time of one batch call divided by the calls it made. `project` turns measured NFE per
-token into tokens/s on an accelerator from a roofline model of each call.
+`nfe_per_token` is the model calls per generated token (the AR model: 1), averaged over
+rows; `batch_nfe_per_token` the calls the batches made (each as many as its slowest row)
+per token of a row: what the wall clock pays; `ms_per_call` the time of one batch call.
+`project` turns measured NFE per token into tokens/s on an accelerator from a roofline
+model of each call.
 """
 
 import statistics
@@ -31,7 +33,8 @@ from dllm_jax import diffusion
 from dllm_jax import generate
 
 GREEDY = dict(sampler='low_confidence', temperature=0.0)
-COLUMNS = ['model', 'setting', 'batch', 'tokens_per_sec', 'nfe_per_token', 'ms_per_call',
+COLUMNS = ['model', 'setting', 'batch', 'tokens_per_sec', 'nfe_per_token', 'batch_nfe_per_token',
+           'ms_per_call',
            'gen_ppl', 'entropy', 'agreement', 'reference_match', 'exact_continuations']
 
 
@@ -136,6 +139,7 @@ def run(models: dict[str, generate.Model], text: str, *, prompts: int, prompt_le
           'model': kind, 'setting': label, 'batch': batch, **setting,
           'tokens_per_sec': tokens / seconds,
           'nfe_per_token': float(nfe.sum() / tokens),
+          'batch_nfe_per_token': calls * batch / tokens,
           'ms_per_call': 1e3 * seconds / calls,
           'gen_ppl': float(np.exp(nll.sum() / tokens)),
           'entropy': float(np.mean([unigram_entropy(g) for g in generated])),
