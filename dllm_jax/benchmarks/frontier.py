@@ -179,7 +179,8 @@ def plot(rows: list[dict]):
     for (kind, cached), (color, marker) in styles.items():
       ax.scatter([], [], color=color, marker=marker,
                  label=kind + (' + block cache' if cached else ''))
-    ax.set(xscale='log', xlabel='tokens / s', ylabel='generative perplexity (AR twin)',
+    ax.set(xscale='log', yscale='log', xlabel='tokens / s',
+           ylabel='generative perplexity (AR twin)',
            title=f'batch {batch} (NFE per token in brackets)')
     ax.grid(True, which='both', alpha=0.3)
     ax.legend(fontsize=8)
