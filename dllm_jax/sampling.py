@@ -479,15 +479,14 @@ def _update(a_BxL: Array, a_BxW: Array, lo) -> Array:
   return jax.lax.dynamic_update_slice_in_dim(a_BxL, a_BxW, lo, axis=1)
 
 
-def _step(carry, logits_BxWxV: Array, lo, positions_W: Array, fixed_BxL: Array,
-          keys_B: Array, rows: RowSettings, blocks: _Blocks, cfg: SamplerConfig,
-          gen_start: int, commit_fn: Callable):
-  """One step of every active row, on the window of the canvas from `lo` whose logits are
-  given: returns the next (canvas, commit steps, progress)."""
+def _step(carry, active_B: Array, logits_BxWxV: Array, lo, positions_W: Array,
+          fixed_BxL: Array, keys_B: Array, rows: RowSettings, blocks: _Blocks,
+          cfg: SamplerConfig, gen_start: int, commit_fn: Callable):
+  """One step of the rows in `active_B`, on the window of the canvas from `lo` whose
+  logits are given: returns the next (canvas, commit steps, progress)."""
   x, commit, prog = carry
   width = positions_W.shape[0]
   window = lambda a: jax.lax.dynamic_slice_in_dim(a, lo, width, axis=1)
-  active_B = prog.block_B < blocks.count_B
   x_W, commit_now, block_masks_B = _denoise(window(x), logits_BxWxV, positions_W, prog,
                                             active_B, keys_B, rows, cfg, commit_fn)
   x = _update(x, x_W, lo)
@@ -526,8 +525,8 @@ def sample_rows(logits_fn: Callable, params, canvas_BxL: Array, keys_B: Array,
     i, carry = i_and_carry
     logits, _ = _guided(net, carry[0], fixed_BxL, cfg.mask_id,
                         rows.cfg_scale if guided else None)
-    carry = _step(carry, logits[:, lo:], lo, positions_W, fixed_BxL, keys_B, rows, blocks,
-                  cfg, gen_start, commit_fn)
+    carry = _step(carry, carry[2].block_B < blocks.count_B, logits[:, lo:], lo, positions_W,
+                  fixed_BxL, keys_B, rows, blocks, cfg, gen_start, commit_fn)
     if on_step is not None:
       jax.lax.cond(report, lambda: io_callback(on_step, None, i, carry[0]), lambda: None)
     return i + 1, carry
@@ -568,15 +567,9 @@ def _sample_block_cached(decode_fn: Callable, params, canvas_BxL: Array, keys_B:
     window = lambda a: jax.lax.dynamic_slice_in_dim(a, lo, block, axis=1)
     fixed_BxW = window(fixed_BxL)
 
-    def step(carry, logits_BxWxV):
-      # Rows on a later block sit this one out: for this step they read as done.
-      x, commit, prog = carry
-      waiting_B = prog.block_B > b
-      x, commit, moved = _step(
-          (x, commit, prog._replace(block_B=jnp.where(waiting_B, blocks.count_B, prog.block_B))),
-          logits_BxWxV, lo, positions_W, fixed_BxL, keys_B, rows, blocks, cfg, gen_start,
-          commit_fn)
-      return x, commit, moved._replace(block_B=jnp.where(waiting_B, prog.block_B, moved.block_B))
+    def step(carry, logits_BxWxV):  # rows on a later block sit this one out
+      return _step(carry, carry[2].block_B == b, logits_BxWxV, lo, positions_W, fixed_BxL,
+                   keys_B, rows, blocks, cfg, gen_start, commit_fn)
 
     def refresh(tokens):  # the whole canvas: logits of the block, every key and value
       logits, cache = decode_fn(params, tokens, None, 0, valid)
