@@ -95,7 +95,7 @@ def _decode(decode_fn: Callable, model_config: model_lib.ModelConfig, params,
   def pick(logits_BxV, i):
     filtered = sampling.filter_logits(logits_BxV[:, None, :], vocab, rows)
     keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(keys_B)
-    return sampling.draw_rows(keys, filtered, rows.temperature)[:, 0]
+    return sampling.draw_rows(keys[:, None], filtered, rows.temperature)[:, 0]
 
   def step(carry, i):
     last_BxV, cache = carry

@@ -56,6 +56,13 @@ def base_config() -> ml_collections.ConfigDict:
       schedule='linear',
       schedule_power=2.0,  # k of the polynomial schedule alpha(t) = 1 - t^k
       eps=1e-4,  # alpha is clipped to [eps, 1 - eps] as in MD4
+      # Block diffusion (BD3-LM): rows are denoised in blocks of this many tokens, each from
+      # the clean blocks before it, and decoded block by block with an exact key/value cache.
+      # 0 (or data.seq_len): one block, the full-sequence model. 1: an autoregressive model.
+      block_size=0,
+      # [beta, omega]: training draws t from this interval only (BD3-LM's clipped masking
+      # rates: less variance, no longer the NELBO); validation always uses [0, 1].
+      t_range=(0.0, 1.0),
   ))
 
   c.data = ml_collections.ConfigDict(dict(
@@ -232,6 +239,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _fail('model.head_dim', 'must be even for rotary embeddings.')
   if not 0 < config.diffusion.eps < 0.5:
     _fail('diffusion.eps', f'must be in (0, 0.5), got {config.diffusion.eps}.')
+  block_size = config.diffusion.block_size
+  if block_size < 0 or block_size and d.seq_len % block_size:
+    _fail('diffusion.block_size', f'must be 0 or divide data.seq_len={d.seq_len}, got '
+          f'{block_size}.')
+  if 0 < block_size < d.seq_len and t.objective != 'elbo':
+    _fail('diffusion.block_size', f"block diffusion trains with train.objective='elbo', not "
+          f'{t.objective!r}.')
+  t_range = tuple(config.diffusion.t_range)
+  if len(t_range) != 2 or not 0 <= t_range[0] <= t_range[1] <= 1 or t_range[1] == 0:
+    _fail('diffusion.t_range', f'must be (beta, omega) with 0 <= beta <= omega <= 1 and '
+          f'omega > 0, got {t_range}.')
   if d.source == 'tfds' and not d.tfds_name:
     _fail('data.tfds_name', "is empty but data.source='tfds'; name a TFDS dataset.")
   if not 0 < d.validation_fraction < 1:

@@ -29,6 +29,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 LN2 = math.log(2.0)
@@ -81,10 +82,12 @@ def antithetic_times(key: Array, n: int) -> Array:
   return jnp.mod(u + jnp.arange(n, dtype=jnp.float32) / n, 1.0)
 
 
-def corrupt(key: Array, tokens_BxL: Array, valid_BxL: Array, alpha_B: Array,
+def corrupt(key: Array, tokens_BxL: Array, valid_BxL: Array, alpha: Array,
             mask_id: int) -> tuple[Array, Array]:
-  """Masks each valid token independently with probability 1 - alpha; padding is kept."""
-  drop_BxL = jax.random.uniform(key, tokens_BxL.shape) >= alpha_B[:, None]
+  """Masks each valid token independently with probability 1 - alpha (per row [B], or per
+  token [B, L]); padding is kept."""
+  alpha_Bx1 = alpha[:, None] if alpha.ndim == 1 else alpha
+  drop_BxL = jax.random.uniform(key, tokens_BxL.shape) >= alpha_Bx1
   masked_BxL = drop_BxL & valid_BxL
   return jnp.where(masked_BxL, mask_id, tokens_BxL), masked_BxL
 
@@ -146,10 +149,33 @@ def scored_cross_entropy(head_fn: Callable | None, params, features_BxLxF: Array
   return ce_NxBxC.swapaxes(0, 1).reshape(batch, num_chunks * chunk)[:, :length]
 
 
+def block_attention_mask(length: int, block_size: int) -> np.ndarray:
+  """[2L, 2L] bool: which keys each query may attend to when the noisy sequence (the first L)
+  and the clean one (the last L) run side by side, in blocks of `block_size` (BD3-LM): a
+  noisy token sees its own noisy block and the clean blocks before it; a clean token sees
+  its own clean block and the clean blocks before it."""
+  block_L = np.arange(length) // block_size
+  same, before = block_L[:, None] == block_L[None, :], block_L[:, None] > block_L[None, :]
+  return np.block([[same, before], [np.zeros_like(same), same | before]])
+
+
 def make_loss_fn(logits_fn: Callable, schedule: Schedule, mask_id: int, data_vocab_size: int,
                  discrete_steps: int = 0, *, head_fn: Callable | None = None,
-                 padded: bool = True):
+                 padded: bool = True, block_size: int = 0,
+                 t_range: tuple[float, float] = (0.0, 1.0)):
   """Returns `loss_fn(params, batch, key) -> (nelbo nats/token, aux)`.
+
+  With `block_size` K (0, or the row length: one block), block diffusion (BD3-LM, Arriola et
+  al. 2025): the row is cut into blocks of K tokens, each corrupted at its own time t and
+  denoised from its noisy self and the clean blocks before it; the NELBO is the sum of the
+  blocks' bounds. Every block is scored in one pass over the noisy and the clean row side by
+  side (2L tokens, `block_attention_mask`, the rotary positions repeated), and times are
+  stratified over all blocks of the batch. K = 1 is an autoregressive model whose input at
+  the predicted position is the mask.
+
+  `t_range` [beta, omega] draws t from that interval only (BD3-LM's clipped masking rates, a
+  variance reduction for training): the loss is then no longer the NELBO, so evaluation
+  keeps (0, 1).
 
   With `head_fn`, `logits_fn` gives final hidden states and `head_fn` their logits (see the
   module docstring). `padded=False` promises that no row is partly padded (rows of padding
@@ -168,24 +194,42 @@ def make_loss_fn(logits_fn: Callable, schedule: Schedule, mask_id: int, data_voc
   'normalizer' (here the number of valid tokens); 'masked' of 'targets' were masked.
   """
   end_terms = schedule.end_terms_per_token(num_classes(mask_id, data_vocab_size))
+  lo, hi = t_range
 
   def loss_fn(params, batch, key):
     tokens_BxL = batch['tokens']
     valid_BxL = batch['valid'].astype(bool)
-    t_key, mask_key = jax.random.split(key)
-    t_B = antithetic_times(t_key, tokens_BxL.shape[0])
+    (batch_size, length), t_key, mask_key = tokens_BxL.shape, *jax.random.split(key)
+    block = block_size if 0 < block_size < length else length
+    if length % block:
+      raise ValueError(f'block_size: {block} must divide the row length {length}.')
+    # One time per block, stratified over all of them (row b's blocks spread over [0, 1)).
+    t_BxN = antithetic_times(t_key, batch_size * (length // block)).reshape(-1, batch_size).T
+    t_BxN = lo + (hi - lo) * t_BxN
     if discrete_steps:
-      t_B = (jnp.floor(t_B * discrete_steps) + 1.0) / discrete_steps
-      alpha_s = schedule.alpha(t_B - 1.0 / discrete_steps)
-      weight_B = discrete_steps * (alpha_s - schedule.alpha(t_B)) / (1.0 - schedule.alpha(t_B))
+      t_BxN = (jnp.floor(t_BxN * discrete_steps) + 1.0) / discrete_steps
+      alpha_s = schedule.alpha(t_BxN - 1.0 / discrete_steps)
+      weight_BxN = discrete_steps * (alpha_s - schedule.alpha(t_BxN)) / (
+          1.0 - schedule.alpha(t_BxN))
     else:
-      weight_B = schedule.weight(t_B)
-    xt_BxL, masked_BxL = corrupt(mask_key, tokens_BxL, valid_BxL, schedule.alpha(t_B), mask_id)
-    features_BxLxF = logits_fn(params, xt_BxL, valid_BxL if padded else None)
+      weight_BxN = schedule.weight(t_BxN)
+    per_token = lambda a_BxN: jnp.repeat(a_BxN, block, axis=1)
+    xt_BxL, masked_BxL = corrupt(mask_key, tokens_BxL, valid_BxL,
+                                 per_token(schedule.alpha(t_BxN)), mask_id)
+    if block == length:
+      features_BxLxF = logits_fn(params, xt_BxL, valid_BxL if padded else None)
+    else:
+      mask_1xMxM = jnp.asarray(block_attention_mask(length, block))[None]
+      if padded:
+        mask_1xMxM = mask_1xMxM & jnp.concatenate([valid_BxL, valid_BxL], axis=1)[:, None, :]
+      positions_M = jnp.concatenate([jnp.arange(length)] * 2)
+      features_BxLxF = logits_fn(params, jnp.concatenate([xt_BxL, tokens_BxL], axis=1),
+                                 mask_1xMxM, positions_M)[:, :length]
     ce_BxL = scored_cross_entropy(head_fn, params, features_BxLxF, tokens_BxL, masked_BxL,
                                   mask_id, data_vocab_size)
     num_tokens = valid_BxL.sum().astype(jnp.float32)
-    nelbo_sum = jnp.sum(weight_B * ce_BxL.sum(axis=1)) + end_terms * num_tokens
+    ce_BxN = ce_BxL.reshape(batch_size, -1, block).sum(axis=2)
+    nelbo_sum = jnp.sum(weight_BxN * ce_BxN) + end_terms * num_tokens
     aux = {'nelbo_sum': nelbo_sum, 'normalizer': num_tokens,
            'masked': masked_BxL.sum().astype(jnp.float32), 'targets': num_tokens}
     return nelbo_sum / jnp.maximum(num_tokens, 1.0), aux

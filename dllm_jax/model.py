@@ -102,9 +102,13 @@ def rms_norm(x: Array, scale: Array, eps: float) -> Array:
   return x32.astype(x.dtype) * scale.astype(x.dtype)[None, None, :]
 
 
-def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[Array, Array]:
+def rope_tables(positions: int | Array, head_dim: int,
+                theta: float) -> tuple[Array, Array]:
+  """cos and sin [L, head_dim] at `positions` [L] (an int n: positions 0..n-1)."""
+  if isinstance(positions, int):
+    positions = jnp.arange(positions)
   inv_freq = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
-  angles_LxH2 = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+  angles_LxH2 = jnp.asarray(positions, jnp.float32)[:, None] * inv_freq[None, :]
   angles_LxH = jnp.concatenate([angles_LxH2, angles_LxH2], axis=-1)
   return jnp.cos(angles_LxH), jnp.sin(angles_LxH)
 
@@ -218,16 +222,20 @@ class Transformer(nnx.Module):
     return sharding.constrain(logits_BxLxV,
                               ('activation_batch', 'activation_length', 'activation_vocab'))
 
-  def __call__(self, tokens_BxL: Array, attention_mask_BxL: Array | None = None,
-               features_only: bool = False) -> Array:
+  def __call__(self, tokens_BxL: Array, attention_mask: Array | None = None,
+               features_only: bool = False, positions_L: Array | None = None) -> Array:
     """Logits [B, L, V], or with `features_only` the final hidden states [B, L, D] that
-    `head` maps to them (a loss can then compute logits a few positions at a time)."""
+    `head` maps to them (a loss can then compute logits a few positions at a time).
+
+    `attention_mask` is [B, L] (the keys that may be attended to: False for padding) or
+    [B, L, L] (which key each query may attend to, as block diffusion's); `positions_L`
+    (default 0..L-1) are the rotary positions, which repeat when a sequence is run twice
+    side by side."""
     cfg = self.cfg
     x_BxLxD = self._embed(tokens_BxL)
-    cos_LxH, sin_LxH = rope_tables(tokens_BxL.shape[1], cfg.head_dim, cfg.rope_theta)
-    mask = None
-    if attention_mask_BxL is not None:
-      mask = attention_mask_BxL.astype(bool)[:, None, None, :]
+    cos_LxH, sin_LxH = rope_tables(tokens_BxL.shape[1] if positions_L is None else positions_L,
+                                   cfg.head_dim, cfg.rope_theta)
+    mask = None if attention_mask is None else _mask_for_heads(attention_mask)
 
     graphdef, layers = nnx.split(self.blocks)
 
@@ -246,22 +254,20 @@ class Transformer(nnx.Module):
     return features_BxLxD if features_only else self.head(features_BxLxD)
 
   def decode(self, tokens_BxT: Array, cache: dict | None, start: Array,
-             key_valid_BxS: Array) -> tuple[Array, dict]:
+             key_valid: Array) -> tuple[Array, dict]:
     """A forward pass of the T tokens at positions start.. against a key/value cache: they
     attend to every cached position (up to their own if the model is causal; only to
-    `key_valid` ones) and their keys and values join the cache. Causal decoding prefills
-    with the whole prompt, then calls once per token; `cache=None` starts an empty cache as
-    long as `tokens` (start 0), so one call over a whole canvas returns all its keys and
-    values (the diffusion samplers' block cache)."""
+    `key_valid` ones: [B, S], or [B, T, S] per query) and their keys and values join the
+    cache. Causal decoding prefills with the whole prompt, then calls once per token;
+    `cache=None` starts an empty cache as long as `tokens` (start 0), so one call over a
+    whole canvas returns all its keys and values (the diffusion samplers' block cache)."""
     cfg = self.cfg
     if cache is None:
       cache = init_cache(cfg, *tokens_BxT.shape)
     t, s = tokens_BxT.shape[1], cache['k'].shape[2]
     x_BxTxD = self._embed(tokens_BxT)
-    cos_SxH, sin_SxH = rope_tables(s, cfg.head_dim, cfg.rope_theta)
-    cos_TxH = jax.lax.dynamic_slice_in_dim(cos_SxH, start, t)
-    sin_TxH = jax.lax.dynamic_slice_in_dim(sin_SxH, start, t)
-    mask = key_valid_BxS.astype(bool)[:, None, None, :]
+    cos_TxH, sin_TxH = rope_tables(start + jnp.arange(t), cfg.head_dim, cfg.rope_theta)
+    mask = _mask_for_heads(key_valid)
     if cfg.causal:
       mask = mask & (jnp.arange(s)[None, :] <= start + jnp.arange(t)[:, None])[None, None]
     graphdef, layers = nnx.split(self.blocks)
@@ -273,6 +279,12 @@ class Transformer(nnx.Module):
 
     x_BxTxD, (k, v) = jax.lax.scan(layer, x_BxTxD, (layers, cache['k'], cache['v']))
     return self.head(rms_norm(x_BxTxD, self.ln_f[...], cfg.norm_eps)), {'k': k, 'v': v}
+
+
+def _mask_for_heads(mask: Array) -> Array:
+  """A key mask [B, S] or a query-key mask [B, T, S] as dot_product_attention's [B, 1, T, S]."""
+  mask = mask.astype(bool)
+  return mask[:, None, None, :] if mask.ndim == 2 else mask[:, None]
 
 
 def abstract_model(cfg: ModelConfig) -> tuple[nnx.GraphDef, Any, Any]:
@@ -324,28 +336,31 @@ def init_cache(cfg: ModelConfig, batch: int, length: int) -> dict:
 def make_decode_fn(graphdef: nnx.GraphDef):
   """The pure `decode_fn(params, tokens, cache, start, key_valid) -> (logits, cache)`."""
 
-  def decode_fn(params, tokens_BxT, cache, start, key_valid_BxS):
-    return nnx.merge(graphdef, params).decode(tokens_BxT, cache, start, key_valid_BxS)
+  def decode_fn(params, tokens_BxT, cache, start, key_valid):
+    return nnx.merge(graphdef, params).decode(tokens_BxT, cache, start, key_valid)
 
   return decode_fn
 
 
 def make_logits_fn(graphdef: nnx.GraphDef):
-  """The pure `logits_fn(params, tokens, attention_mask=None)` samplers and losses take."""
+  """The pure `logits_fn(params, tokens, attention_mask=None, positions=None)` samplers and
+  losses take (see `Transformer.__call__`)."""
 
-  def logits_fn(params, tokens_BxL, attention_mask_BxL=None):
-    return nnx.merge(graphdef, params)(tokens_BxL, attention_mask_BxL)
+  def logits_fn(params, tokens_BxL, attention_mask=None, positions_L=None):
+    return nnx.merge(graphdef, params)(tokens_BxL, attention_mask, positions_L=positions_L)
 
   return logits_fn
 
 
 def make_features_fn(graphdef: nnx.GraphDef):
-  """The pure `features_fn(params, tokens, attention_mask=None)` -> final hidden states
+  """The pure `features_fn(params, tokens, attention_mask=None, positions=None)` -> final
+  hidden states
   [B, L, D]: with `make_head_fn`'s head, the logits_fn that losses split, so that logits
   exist only for a chunk of positions at a time."""
 
-  def features_fn(params, tokens_BxL, attention_mask_BxL=None):
-    return nnx.merge(graphdef, params)(tokens_BxL, attention_mask_BxL, features_only=True)
+  def features_fn(params, tokens_BxL, attention_mask=None, positions_L=None):
+    return nnx.merge(graphdef, params)(tokens_BxL, attention_mask, features_only=True,
+                                       positions_L=positions_L)
 
   return features_fn
 

@@ -39,9 +39,9 @@ and values they had when the block began. The two compose with every committer.
 key and settings per row: the server batches unrelated requests through it. The network is
 only seen through `logits_fn(params, tokens, attention_mask)`.
 
-The draws are exact in float32 (`gumbel`), indexed by (block, step in the block) so that
-skipped steps shift nothing, and `answer_nlls` scores answers by LLaDA's Monte Carlo
-likelihood, several at once.
+The draws are exact in float32 (`gumbel`), indexed by (block, step in the block, position)
+so that skipped steps and the window a step runs on shift nothing; `answer_nlls` scores
+answers by LLaDA's Monte Carlo likelihood, several at once.
 """
 
 import dataclasses
@@ -95,6 +95,10 @@ class SamplerConfig:
   # A row ends once it has generated an EOS with every position before it decided; the
   # rest of its generation becomes EOS without further model calls.
   stop_at_eos: bool = False
+  # The network is a block diffusion model (BD3-LM) with blocks of `block_length`: they are
+  # decoded left to right, each attending to the exact keys and values of the prompt and
+  # the blocks before it, computed once (see `_sample_block_causal`).
+  block_causal: bool = False
 
 
 class Sample(NamedTuple):
@@ -128,10 +132,16 @@ def validate(cfg: SamplerConfig, canvas_len: int, gen_start: int) -> None:
                         f'canvas of {canvas_len}.')
   if cfg.block_cache and cfg.sampler == 'ancestral':
     raise SamplingError('block_cache: needs a remasking sampler (blocks); ancestral has none.')
+  if cfg.block_causal and (cfg.block_cache or cfg.fill_prompt_masks):
+    raise SamplingError('block_causal: a block diffusion model keeps its own exact cache and '
+                        'fills the generation only; drop block_cache and fill_prompt_masks.')
+  if cfg.block_causal and (not cfg.block_length or gen_start % cfg.block_length):
+    raise SamplingError(f'block_causal: the prompt region ({gen_start} tokens) must be a whole '
+                        f'number of blocks of block_length={cfg.block_length} (pad it left).')
   if cfg.block_cache and cfg.fill_prompt_masks:
     raise SamplingError('fill_prompt_masks: not with block_cache, whose steps see only the '
                         'current block.')
-  if cfg.sampler != 'ancestral':
+  if cfg.sampler != 'ancestral' or cfg.block_causal:
     gen_length = canvas_len - gen_start
     block = cfg.block_length or gen_length
     if block < 1 or gen_length % block:
@@ -221,23 +231,30 @@ def gumbel(key: Array, shape: tuple[int, ...]) -> Array:
   return -jnp.log(-jnp.log1p(-u))
 
 
-def draw_rows(keys_B: Array, logits_BxLxV: Array, temperature_B: Array) -> Array:
-  """Gumbel-max draws from softmax(logits / temperature) with a key and a temperature per
-  row; temperature 0 is the argmax."""
+def per_position(keys_BxL: Array, draw: Callable) -> Array:
+  """`draw(key)` with each position's own key: [B, L, ...]."""
+  return jax.vmap(jax.vmap(draw))(keys_BxL)
+
+
+def draw_rows(keys_BxL: Array, logits_BxLxV: Array, temperature_B: Array) -> Array:
+  """Gumbel-max draws from softmax(logits / temperature) with a key per position (so a draw
+  does not depend on which other positions are drawn with it) and a temperature per row;
+  temperature 0 is the argmax."""
   t = temperature_B[:, None, None]
 
   def noisy(logits):
-    noise = jax.vmap(lambda k: gumbel(k, logits.shape[1:]))(keys_B)
+    noise = per_position(keys_BxL, lambda k: gumbel(k, logits.shape[-1:]))
     return jnp.where(t > 0, logits / jnp.where(t > 0, t, 1.0) + noise, logits)
 
   scores = jax.lax.cond(jnp.any(temperature_B > 0), noisy, lambda x: x, logits_BxLxV)
   return argmax(scores)
 
 
-def confidence(keys_B: Array, logits_BxLxV: Array, x0_BxL: Array, kind: str) -> Array:
-  """Higher is more confident; computed from the filtered distribution at temperature 1."""
+def confidence(keys_BxL: Array, logits_BxLxV: Array, x0_BxL: Array, kind: str) -> Array:
+  """Higher is more confident; computed from the filtered distribution at temperature 1.
+  `keys_BxL` (a key per position) draw the `random` order."""
   if kind == 'random':
-    return jax.vmap(lambda k: jax.random.uniform(k, x0_BxL.shape[1:]))(keys_B)
+    return per_position(keys_BxL, lambda k: jax.random.uniform(k, ()))
   probs = jax.nn.softmax(logits_BxLxV, axis=-1)
   if kind == 'low_confidence':
     return jnp.take_along_axis(probs, x0_BxL[..., None], axis=-1)[..., 0]
@@ -296,7 +313,8 @@ def sample(logits_fn: Callable, params, canvas_BxL: Array, key: Array, cfg: Samp
 
   `gen_start` is where the semi-autoregressive blocks begin (the prompt length when
   generating after a prompt; 0 for infilling). Masks before it are left as they are unless
-  `cfg.fill_prompt_masks`. `cfg.block_cache` needs `decode_fn` (`model.make_decode_fn`).
+  `cfg.fill_prompt_masks`. `cfg.block_cache` and `cfg.block_causal` need `decode_fn`
+  (`model.make_decode_fn`).
 
   Compiled once per network, canvas shape, `gen_start`, `program_settings(cfg)`, guidance on
   or off and, with the block cache, block length: the sampler, steps, temperature, top-k,
@@ -308,9 +326,13 @@ def sample(logits_fn: Callable, params, canvas_BxL: Array, key: Array, cfg: Samp
   args = (params, canvas_BxL, jax.random.split(key, batch),
           row_settings(cfg, batch, length - gen_start), np.int32(SAMPLERS.index(cfg.sampler)),
           program_settings(cfg), gen_start, attention_mask_BxL)
+  if (cfg.block_cache or cfg.block_causal) and decode_fn is None:
+    raise SamplingError('block_cache, block_causal: need the network\'s decode_fn '
+                        '(model.make_decode_fn).')
+  if cfg.block_causal:
+    return _block_causal_jit(decode_fn, *args, guided=bool(cfg.cfg_scale),
+                             block=cfg.block_length)
   if cfg.block_cache:
-    if decode_fn is None:
-      raise SamplingError('block_cache: needs the network\'s decode_fn (model.make_decode_fn).')
     return _block_cached_jit(decode_fn, *args, guided=bool(cfg.cfg_scale),
                              block=cfg.block_length or length - gen_start)
   return _rows_jit(logits_fn, *args, guided=bool(cfg.cfg_scale))
@@ -418,7 +440,7 @@ def _committer(rows: RowSettings, blocks: _Blocks, cfg: SamplerConfig, gen_start
     alpha_t = cfg.schedule.alpha(time_grid(i / steps, cfg.time_grid))
     alpha_s = cfg.schedule.alpha(time_grid((i + 1) / steps, cfg.time_grid))
     p_unmask_B = jnp.where(i == blocks.steps_B - 1, 1.0, (alpha_s - alpha_t) / (1.0 - alpha_t))
-    u_BxW = jax.vmap(lambda k: jax.random.uniform(k, masked_BxW.shape[1:]))(keys)
+    u_BxW = per_position(keys, lambda k: jax.random.uniform(k, ()))
     return masked_BxW & (u_BxW < p_unmask_B[:, None]), prog.block_masks_B
 
   return lambda *args: jax.lax.cond(sampler_index == 0, ancestral, remask, *args)  # SAMPLERS[0]
@@ -429,13 +451,14 @@ def _denoise(x_BxW: Array, logits_BxWxV: Array, positions_W: Array, prog: _Progr
              commit_fn: Callable):
   """A step on a window of the canvas given its logits: draw, choose, commit (active rows
   only). Returns the window, where it committed, and the blocks' mask counts. The random
-  numbers are indexed by (block, step in block), so steps skipped by an early exit shift
-  no other draw."""
-  step_keys = jax.vmap(lambda k, b, j: jax.random.split(jax.random.fold_in(
-      jax.random.fold_in(k, b), j)))(keys_B, prog.block_B, prog.step_B)
+  numbers are indexed by (block, step in block, position), so steps skipped by an early
+  exit shift no other draw, and a position's draws do not depend on the window."""
+  step_keys = jax.vmap(lambda k, b, j: jax.vmap(lambda p: jax.random.split(jax.random.fold_in(
+      jax.random.fold_in(jax.random.fold_in(k, b), j), p)))(positions_W))(
+          keys_B, prog.block_B, prog.step_B)  # [B, W, 2]
   logits = filter_logits(logits_BxWxV, cfg, rows)
-  x0 = draw_rows(step_keys[:, 0], logits, rows.temperature)
-  commit_now, block_masks_B = commit_fn(prog, step_keys[:, 1], logits, x0,
+  x0 = draw_rows(step_keys[:, :, 0], logits, rows.temperature)
+  commit_now, block_masks_B = commit_fn(prog, step_keys[:, :, 1], logits, x0,
                                         x_BxW == cfg.mask_id, positions_W)
   commit_now = commit_now & active_B[:, None]
   return jnp.where(commit_now, x0, x_BxW), commit_now, block_masks_B
@@ -593,10 +616,86 @@ def _sample_block_cached(decode_fn: Callable, params, canvas_BxL: Array, keys_B:
   return Sample(x, commit, prog.nfe_B)
 
 
+def _empty_cache(decode_fn: Callable, params, batch: int, length: int):
+  """A zero key/value cache of `length` positions for `decode_fn` (whose caches hold
+  positions on their third axis, as `model.init_cache`'s)."""
+  shapes = jax.eval_shape(decode_fn, params, jnp.zeros((batch, 1), jnp.int32), None, 0,
+                          jnp.ones((batch, 1), bool))[1]
+  return jax.tree.map(lambda a: jnp.zeros(a.shape[:2] + (length,) + a.shape[3:], a.dtype),
+                      shapes)
+
+
+def _sample_block_causal(decode_fn: Callable, params, canvas_BxL: Array, keys_B: Array,
+                         rows: RowSettings, sampler_index: Array | int, cfg: SamplerConfig,
+                         gen_start: int, attention_mask_BxL: Array | None, *, guided: bool,
+                         block: int) -> Sample:
+  """Decodes a block diffusion model, block by block of `block` (static) tokens: each is
+  denoised by the sampler's steps, its tokens attending to themselves and to the cached keys
+  and values of the prompt and the blocks before it. Every position attends block-causally,
+  as in training, so each cached key and value is exactly the one a full forward pass would
+  give: they are written once, by the first call of the next block, which runs the finished
+  block beside the new one (the first block's runs the whole prompt). No call costs more
+  than two blocks, and every call is a denoising step (`Sample.nfe` counts them all).
+  Every sampler commits within the block as in its own blocks (ancestral walks its time grid
+  once per block); with `stop_at_eos`, a row ends at its EOS and the call once every row
+  has, however long the canvas."""
+  batch, length = canvas_BxL.shape
+  fixed_BxL = canvas_BxL != cfg.mask_id
+  valid_BxL = (jnp.ones(canvas_BxL.shape, bool) if attention_mask_BxL is None
+               else attention_mask_BxL.astype(bool))
+  count_B = rows.gen_length // rows.block_length
+  blocks = _Blocks(rows.block_length, count_B, rows.steps // count_B)
+  commit_fn = _committer(rows, blocks, cfg, gen_start, block, sampler_index)
+  cfg_scale_B = rows.cfg_scale if guided else None
+  positions_L = jnp.arange(length)
+  block_of = lambda positions: positions // block  # blocks counted from position 0
+
+  def call(x_BxL, cache, lo, width):  # the `width` tokens from lo, through the cache
+    positions_T = lo + jnp.arange(width)
+    key_valid_BxTxL = valid_BxL[:, None, :] & (
+        block_of(positions_L)[None, None, :] <= block_of(positions_T)[None, :, None])
+    net = lambda tokens: decode_fn(params, tokens, cache, lo, _for_call(key_valid_BxTxL, guided))
+    window = lambda a: jax.lax.dynamic_slice_in_dim(a, lo, width, axis=1)
+    logits, cache = _guided(net, window(x_BxL), window(fixed_BxL), cfg.mask_id, cfg_scale_B)
+    return logits[:, -block:], cache  # the logits of the block being denoised
+
+  def one_block(b_carry_cache):
+    b, carry, cache = b_carry_cache
+    lo = gen_start + b * block
+    positions_W = lo + jnp.arange(block)
+
+    def step(carry, logits_BxWxV):  # rows on another block sit this one out
+      return _step(carry, carry[2].block_B == b, logits_BxWxV, lo, positions_W, fixed_BxL,
+                   keys_B, rows, blocks, cfg, gen_start, commit_fn)
+
+    # The block's first call also writes the keys and values of what precedes it.
+    logits, cache = jax.lax.cond(
+        b == 0, lambda x, cache: call(x, cache, 0, gen_start + block),
+        lambda x, cache: call(x, cache, lo - block, 2 * block), carry[0], cache)
+    carry = step(carry, logits)
+
+    def denoise(carry_and_cache):
+      carry, cache = carry_and_cache
+      logits, cache = call(carry[0], cache, lo, block)
+      return step(carry, logits), cache
+
+    on_it = lambda carry_and_cache: jnp.any(carry_and_cache[0][2].block_B == b)
+    carry, cache = jax.lax.while_loop(on_it, denoise, (carry, cache))
+    return b + 1, carry, cache
+
+  not_done = lambda b_carry_cache: jnp.any(b_carry_cache[1][2].block_B < blocks.count_B)
+  start = _start(canvas_BxL, rows, blocks, cfg, gen_start)
+  cache = _empty_cache(decode_fn, params, batch * (2 if guided else 1), length)
+  _, (x, commit, prog), _ = jax.lax.while_loop(not_done, one_block, (jnp.int32(0), start, cache))
+  return Sample(x, commit, prog.nfe_B)
+
+
 # The compiled samplers behind `sample` (and the server's engine, through `sample_rows`).
 _rows_jit = jax.jit(sample_rows, static_argnums=(0, 6, 7),
                     static_argnames=('guided', 'most_per_step', 'on_step'))
 _block_cached_jit = jax.jit(_sample_block_cached, static_argnums=(0, 6, 7),
+                            static_argnames=('guided', 'block'))
+_block_causal_jit = jax.jit(_sample_block_causal, static_argnums=(0, 6, 7),
                             static_argnames=('guided', 'block'))
 
 

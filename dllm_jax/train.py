@@ -227,14 +227,15 @@ def build(config, mesh, tokenizer) -> Experiment:
   # The losses take the network split before its head, to compute logits a chunk at a time.
   features_fn, head_fn = model_lib.make_features_fn(graphdef), model_lib.make_head_fn(graphdef)
 
-  def make_loss(padded: bool, discrete_steps: int = 0):
+  def make_loss(padded: bool, discrete_steps: int = 0, t_range=(0.0, 1.0)):
     if t.objective == 'sft':
       return diffusion.make_sft_loss_fn(features_fn, noise, *ids, head_fn=head_fn, padded=padded)
     if t.objective == 'ar':
       return autoregressive.make_loss_fn(features_fn, tokenizer.bos_id, *ids, head_fn=head_fn,
                                          padded=padded)
     return diffusion.make_loss_fn(features_fn, noise, *ids, discrete_steps, head_fn=head_fn,
-                                  padded=padded)
+                                  padded=padded, block_size=block_size(config),
+                                  t_range=t_range)
 
   # Training rows are full (packed text; SFT answers padded with EOS, which counts) or, for
   # a conversation with no room for an answer, all padding and scoring nothing. The train
@@ -246,9 +247,9 @@ def build(config, mesh, tokenizer) -> Experiment:
   batch_sh = sharding.named_sharding(mesh, rules, BATCH_AXES)
   batch_tree = {k: batch_sh for k in batch_fields(config)}
   train_step = jax.jit(
-      make_train_step(make_loss(padded=False), optimizer, schedule, t.microbatches,
-                      t.ema_decay, ema_warmup=t.ema_warmup, objective=t.objective,
-                      param_shardings=param_sh),
+      make_train_step(make_loss(False, t_range=tuple(config.diffusion.t_range)), optimizer,
+                      schedule, t.microbatches, t.ema_decay, ema_warmup=t.ema_warmup,
+                      objective=t.objective, param_shardings=param_sh),
       in_shardings=(state_sh, batch_tree), out_shardings=(state_sh, replicated),
       donate_argnums=0)
   eval_step, discrete_eval_step = (
@@ -262,10 +263,18 @@ def build(config, mesh, tokenizer) -> Experiment:
           'mask_id': tokenizer.mask_id, 'schedule': dataclasses.asdict(noise),
           # These two change the optimizer state's structure.
           'gradient_clipping': t.grad_clip > 0, 'ema': t.ema_decay > 0}
+  if block_size(config):  # absent: the full-sequence model (as in checkpoints made before)
+    meta['block_size'] = block_size(config)
   return Experiment(config, model_config, tokenizer, logits_fn,
                     _sampler_config(config, tokenizer, noise), abstract, batch_sh,
                     jax.jit(lambda: init_fn(rng), out_shardings=state_sh), init_from_params,
                     train_step, eval_step, discrete_eval_step, meta)
+
+
+def block_size(config) -> int:
+  """The block diffusion block size K; 0 for the full-sequence model (one block)."""
+  k = config.diffusion.block_size
+  return k if 0 < k < config.data.seq_len else 0
 
 
 def batch_fields(config) -> tuple[str, ...]:
@@ -443,7 +452,8 @@ def _initial_params(exp: Experiment, source: str):
       raise ckpt_lib.CheckpointError(f'config.train.init_from: no checkpoint in {source}.')
     saved = checkpointer.read_meta(step)['model']
     ours = dataclasses.asdict(exp.model_config)
-    differ = sorted(k for k in ours if k not in model_lib.RUNTIME_FIELDS
+    # Attention is not a parameter: an autoregressive model may start a diffusion model.
+    differ = sorted(k for k in ours if k not in (*model_lib.RUNTIME_FIELDS, 'causal')
                     and saved.get(k) != ours[k])
     if differ:
       raise ckpt_lib.CheckpointError(
@@ -520,8 +530,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
       step = checkpointer.latest_step()
       if step is None:
         raise ckpt_lib.CheckpointError(f'no checkpoint in {checkpointer.directory} to evaluate.')
-      mismatch = {k for k in ('model', 'tokenizer', 'mask_id')
-                  if checkpointer.read_meta(step).get(k) != exp.meta[k]}
+      mismatch = {k for k in ('model', 'tokenizer', 'mask_id', 'block_size')
+                  if checkpointer.read_meta(step).get(k) != exp.meta.get(k)}
       if mismatch:
         raise ckpt_lib.CheckpointError(f'checkpoint {step} does not fit the config '
                                        f'({", ".join(sorted(mismatch))} differ).')
@@ -580,7 +590,9 @@ def _loop(exp: Experiment, state, train_step, train_iter, eval_data, checkpointe
   config, t = exp.config, exp.config.train
   start_step = int(state.step)
   writer = metrics_lib.MetricWriter(workdir, t.num_steps, start_step, t.progress_bar)
-  flops_per_token = exp.model_config.flops_per_token(config.data.seq_len)
+  # Block diffusion runs the noisy and the clean row side by side: twice the work per token.
+  flops_per_token = exp.model_config.flops_per_token(config.data.seq_len) * (
+      2 if block_size(config) else 1)
   peak = metrics_lib.peak_flops_per_device(t.peak_flops_per_device)
   tokens_per_step = t.batch_size * config.data.seq_len
   losses, evals = {}, {}

@@ -1,6 +1,7 @@
 """Shared test setup: 8 simulated CPU devices, strict rank promotion, a tiny local corpus."""
 
 import contextlib
+import gc
 import importlib.util
 import os
 import random
@@ -31,6 +32,15 @@ def _fake_source(rng: random.Random, n_functions: int) -> str:
       out.append(f'    {rng.choice(_WORDS)} = {rng.choice(_WORDS)}({rng.choice(_WORDS)})\n')
     out.append(f'    return {rng.choice(_WORDS)}\n\n')
   return ''.join(out)
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _drop_compiled_programs():
+  """Each test module's compiled programs are dropped when it ends: one process runs the
+  whole suite, and would otherwise hold every program it ever compiled."""
+  yield
+  jax.clear_caches()
+  gc.collect()
 
 
 @pytest.fixture(scope='session')

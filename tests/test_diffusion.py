@@ -1,5 +1,6 @@
 """The masked-diffusion math: schedules, corruption and the continuous-time ELBO."""
 
+import dataclasses
 import math
 
 import chex
@@ -172,3 +173,118 @@ def test_report_units():
   r = diffusion.report(math.log(256))
   np.testing.assert_allclose(r['bits_per_token'], 8.0)
   np.testing.assert_allclose(r['perplexity_bound'], 256.0)
+
+
+# ---- block diffusion (BD3-LM)
+
+TINY = model_lib.ModelConfig(vocab_size=NUM_LOGITS, d_model=16, n_layers=2, n_heads=2,
+                             n_kv_heads=2, head_dim=8, mlp_dim=32)
+
+
+def test_block_attention_mask_against_a_hand_built_one():
+  # L = 4 in blocks of 2: rows (queries) and columns (keys) are noisy 0-3, then clean 0-3.
+  expected = np.array([
+      # noisy 0-3 | clean 0-3
+      [1, 1, 0, 0, 0, 0, 0, 0],
+      [1, 1, 0, 0, 0, 0, 0, 0],
+      [0, 0, 1, 1, 1, 1, 0, 0],
+      [0, 0, 1, 1, 1, 1, 0, 0],
+      [0, 0, 0, 0, 1, 1, 0, 0],
+      [0, 0, 0, 0, 1, 1, 0, 0],
+      [0, 0, 0, 0, 1, 1, 1, 1],
+      [0, 0, 0, 0, 1, 1, 1, 1]], bool)
+  np.testing.assert_array_equal(diffusion.block_attention_mask(4, 2), expected)
+  # One block: the noisy row attends to itself only; K = 1: the clean row is causal.
+  full, single = diffusion.block_attention_mask(3, 3), diffusion.block_attention_mask(3, 1)
+  assert full[:3, :3].all() and not full[:3, 3:].any()
+  np.testing.assert_array_equal(single[3:, 3:], np.tril(np.ones((3, 3), bool)))
+  np.testing.assert_array_equal(single[:3, 3:], np.tril(np.ones((3, 3), bool), -1))
+
+
+def tiny_model():
+  graphdef = model_lib.abstract_model(TINY)[0]
+  return model_lib.make_logits_fn(graphdef), model_lib.init_params(TINY, jax.random.key(0))
+
+
+def block_draws(key, tokens, valid, block, schedule, t_range=(0.0, 1.0)):
+  """The loss's own draws, made again: each block's t, the noisy row and its masks."""
+  batch, length = tokens.shape
+  t_key, mask_key = jax.random.split(key)
+  t = diffusion.antithetic_times(t_key, batch * (length // block)).reshape(-1, batch).T
+  t = t_range[0] + (t_range[1] - t_range[0]) * t
+  xt, masked = diffusion.corrupt(mask_key, tokens, valid,
+                                 jnp.repeat(schedule.alpha(t), block, axis=1), MASK_ID)
+  return t, xt, masked
+
+
+def test_one_block_is_the_full_sequence_loss():
+  logits_fn, params = tiny_model()
+  tokens = jax.random.randint(jax.random.key(1), (4, 12), 0, DATA_VOCAB - 1)
+  batch = {'tokens': tokens, 'valid': jnp.arange(12)[None, :] < jnp.array([12, 9, 12, 4])[:, None]}
+  make = lambda **kw: diffusion.make_loss_fn(logits_fn, diffusion.Schedule('linear'), MASK_ID,
+                                             DATA_VOCAB, **kw)(params, batch, jax.random.key(3))
+  today = make()
+  for block_size in (0, 12):
+    chex.assert_trees_all_equal(make(block_size=block_size), today)
+
+
+@pytest.mark.parametrize('block', [1, 3, 4])
+def test_the_side_by_side_pass_equals_a_pass_per_block(block):
+  """Every block scored in one 2L pass equals L/K passes, block b's run on the clean blocks
+  before it and its own noisy block under the block-causal mask."""
+  logits_fn, params = tiny_model()
+  schedule = diffusion.Schedule('cosine')
+  tokens = jax.random.randint(jax.random.key(1), (3, 12), 0, DATA_VOCAB - 1)
+  valid = jnp.arange(12)[None, :] < jnp.array([12, 10, 5])[:, None]
+  key = jax.random.key(4)
+  loss, aux = diffusion.make_loss_fn(logits_fn, schedule, MASK_ID, DATA_VOCAB,
+                                     block_size=block)(params, {'tokens': tokens, 'valid': valid},
+                                                       key)
+  t, xt, masked = block_draws(key, tokens, valid, block, schedule)
+  nelbo = 0.0
+  for b in range(12 // block):
+    end = (b + 1) * block
+    inputs = jnp.concatenate([tokens[:, :end - block], xt[:, end - block:end]], axis=1)
+    causal = np.arange(end)[None, :] // block <= np.arange(end)[:, None] // block
+    logits = logits_fn(params, inputs, jnp.asarray(causal)[None] & valid[:, None, :end])
+    ce = diffusion.cross_entropy(logits[:, -block:], tokens[:, end - block:end], MASK_ID,
+                                 DATA_VOCAB)
+    nelbo += jnp.sum(schedule.weight(t[:, b])[:, None] * jnp.where(
+        masked[:, end - block:end], ce, 0.0))
+  n = valid.sum()
+  nelbo += schedule.end_terms_per_token(diffusion.num_classes(MASK_ID, DATA_VOCAB)) * n
+  np.testing.assert_allclose(loss, nelbo / n, rtol=1e-5)
+  assert int(aux['masked']) == int(masked.sum()) > 0
+
+
+def test_one_token_blocks_score_the_exact_next_token_conditionals():
+  """K = 1: a masked token is predicted from the clean tokens before it alone, so its
+  cross-entropy is the exact -log p(x_l | x_<l) of the model's one-token conditionals (the
+  network run causally on x_<l and a mask), whatever t is. Each token is masked with
+  probability 1 - alpha(t) and weighted w(t): their product -alpha'(t) is 1 - 2 eps for the
+  linear schedule, so the loss's mean is that NLL at every t, here t = 0.3 and t = 0.9."""
+  logits_fn, params = tiny_model()
+  causal_fn = model_lib.make_logits_fn(
+      model_lib.abstract_model(dataclasses.replace(TINY, causal=True))[0])
+  schedule = diffusion.Schedule('linear')
+  tokens = jax.random.randint(jax.random.key(1), (2, 8), 0, DATA_VOCAB - 1)
+  valid = jnp.ones_like(tokens, bool)
+  nll = np.zeros((2, 8))
+  for l in range(8):
+    inputs = jnp.concatenate([tokens[:, :l], jnp.full((2, 1), MASK_ID)], axis=1)
+    nll[:, l] = diffusion.cross_entropy(causal_fn(params, inputs)[:, -1:], tokens[:, l:l + 1],
+                                        MASK_ID, DATA_VOCAB)[:, 0]
+  ends = schedule.end_terms_per_token(diffusion.num_classes(MASK_ID, DATA_VOCAB))
+
+  for seed, t in enumerate((0.3, 0.9)):
+    loss_fn = diffusion.make_loss_fn(logits_fn, schedule, MASK_ID, DATA_VOCAB, block_size=1,
+                                     t_range=(t, t))
+    loss_at = lambda key, loss_fn=loss_fn: loss_fn(params, {'tokens': tokens, 'valid': valid},
+                                                   key)[0]
+    _, _, masked = block_draws(jax.random.key(0), tokens, valid, 1, schedule, (t, t))
+    expected = schedule.weight(t) * np.sum(np.where(masked, nll, 0.0)) / 16 + ends
+    np.testing.assert_allclose(loss_at(jax.random.key(0)), expected, rtol=1e-5)
+    draws = jax.jit(jax.vmap(loss_at))(jax.random.split(jax.random.key(seed), 256))
+    mean, stderr = float(draws.mean()), float(draws.std()) / 16
+    np.testing.assert_allclose(mean, (1 - 2 * schedule.eps) * nll.mean() + ends,
+                               atol=4 * stderr)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import count_compilations
+from dllm_jax import autoregressive
 from dllm_jax import diffusion
 from dllm_jax import model as model_lib
 from dllm_jax import sampling
@@ -667,3 +668,72 @@ def test_stop_at_eos_ends_a_row_once_everything_before_its_eos_is_decided(sample
   np.testing.assert_array_equal(stopped.tokens[0, :12], full.tokens[0, :12])
   assert int(stopped.tokens[0, 11]) == EOS and np.all(np.asarray(stopped.tokens[0, 13:]) == EOS)
   assert np.all(np.asarray(stopped.commit_step[0, 13:]) == calls - 1)
+
+
+# ---- block diffusion: blocks decoded left to right on an exact key/value cache
+
+
+def block_causal_logits_fn(logits_fn, block):
+  """The block diffusion model run whole, uncached: every position attends block-causally
+  (to its own block and the blocks before it), so later blocks, masks or not, change
+  nothing before them."""
+  def run(params, tokens, valid=None):
+    blocks = np.arange(tokens.shape[1]) // block
+    mask = jnp.asarray(blocks[None, :] <= blocks[:, None])[None]
+    return logits_fn(params, tokens, mask if valid is None else mask & valid[:, None, :])
+  return run
+
+
+@pytest.mark.parametrize('sampler, block, temperature', [
+    ('low_confidence', 4, 0.0), ('threshold', 4, 1.0), ('entropy_bound', 8, 0.0)])
+def test_block_causal_decoding_equals_the_uncached_model(tiny, sampler, block, temperature):
+  """The exact cache changes nothing: the same tokens, steps and model calls as the
+  semi-autoregressive sampler running the whole canvas under the block-causal mask (here
+  with a left-padded prompt row)."""
+  logits_fn, params = tiny
+  decode_fn = model_lib.make_decode_fn(model_lib.abstract_model(CFG)[0])
+  canvas = prompt_canvas(batch=3, prompt_len=8, gen_length=16)
+  valid = jnp.arange(24)[None, :] >= jnp.array([0, 3, 0])[:, None]
+  canvas = jnp.where(valid, canvas, 0)
+  kw = dict(sampler=sampler, steps=8, block_length=block, temperature=temperature,
+            threshold=0.5, entropy_bound=0.5)
+  cached = sampling.sample(None, params, canvas, jax.random.key(3),
+                           settings(block_causal=True, **kw), 8, valid, decode_fn=decode_fn)
+  whole = sampling.sample(block_causal_logits_fn(logits_fn, block), params, canvas,
+                          jax.random.key(3), settings(**kw), 8, valid)
+  np.testing.assert_array_equal(cached.tokens, whole.tokens)
+  np.testing.assert_array_equal(cached.commit_step, whole.commit_step)
+  np.testing.assert_array_equal(cached.nfe, whole.nfe)
+  assert not np.any(np.asarray(cached.tokens) == MASK)
+
+
+def test_one_token_blocks_decode_as_the_autoregressive_loop(tiny):
+  """K = 1: a block diffusion model is an autoregressive model that reads its prediction of
+  position l off a mask at l. Driving autoregressive.generate (prefill, then a scan of
+  one-token calls on a key/value cache) with that reading gives the same tokens as the
+  block decoder, one model call per token."""
+  _, params = tiny
+  decode_fn = model_lib.make_decode_fn(model_lib.abstract_model(CFG)[0])
+
+  def mask_reading_decode(params, tokens_BxT, cache, start, key_valid_BxS):
+    # The tokens, then a mask after them whose logits predict the next position.
+    batch, t = tokens_BxT.shape
+    tokens = jnp.concatenate([tokens_BxT, jnp.full((batch, 1), MASK)], axis=1)
+    positions = start + jnp.arange(t + 1)
+    causal = jnp.arange(key_valid_BxS.shape[1])[None, :] <= positions[:, None]
+    logits, cache = decode_fn(params, tokens, cache, start,
+                              key_valid_BxS[:, None, :] & causal[None])
+    return logits[:, -1:], cache
+
+  prompt = prompt_canvas(batch=2, prompt_len=5, gen_length=0)
+  valid = jnp.arange(5)[None, :] >= jnp.array([0, 2])[:, None]
+  ar = autoregressive.generate(mask_reading_decode, CFG, params, prompt, valid,
+                               jax.random.key(0), autoregressive.DecodeConfig(
+                                   mask_id=MASK, vocab_size=V, gen_length=12))
+  canvas = jnp.concatenate([prompt, jnp.full((2, 12), MASK)], axis=1)
+  out = sampling.sample(None, params, canvas, jax.random.key(0),
+                        settings(steps=12, block_length=1, block_causal=True), 5,
+                        jnp.concatenate([valid, jnp.ones((2, 12), bool)], axis=1),
+                        decode_fn=decode_fn)
+  np.testing.assert_array_equal(out.tokens[:, 5:], ar)
+  assert out.nfe.tolist() == [12, 12]
