@@ -28,7 +28,9 @@ def define_flags():
   flags.DEFINE_string('hf_dir', None, 'A Hugging Face LLaDA directory, read directly.')
   flags.DEFINE_integer('gen_length', 128, 'Tokens per answer.')
   flags.DEFINE_integer('steps', 128, 'Denoising steps per answer.')
-  flags.DEFINE_integer('block_length', 32, 'Semi-autoregressive block length.')
+  flags.DEFINE_integer('block_length', None, 'Semi-autoregressive block length (must divide '
+                       'gen_length; default 32; ignored by ancestral). A block diffusion '
+                       'model decodes its own blocks.')
   generate.define_sampler_flags()
   flags.DEFINE_float('temperature', 0.0, '0 decodes greedily.')
   flags.DEFINE_float('cfg_scale', 0.0, 'Classifier-free guidance weight.')

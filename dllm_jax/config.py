@@ -133,7 +133,9 @@ def base_config() -> ml_collections.ConfigDict:
       steps=32,
       temperature=1.0,
       gen_length=0,  # tokens after the half-row prompt; 0: the row's second half
-      block_length=0,  # semi-autoregressive blocks (0: one block); ignored by ancestral
+      # semi-autoregressive blocks (0: one block; ignored by ancestral); a block diffusion
+      # model decodes its own blocks (diffusion.block_size)
+      block_length=0,
   ))
 
   # Sizes of the ('data', 'fsdp', 'tensor') mesh axes; one may be -1 for "the rest".

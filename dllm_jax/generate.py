@@ -56,6 +56,7 @@ class Model:
   tokenizer_path: str = 'bytes'  # tokenizer_config.json (chat template) sits beside it
   mesh: Any = None  # parameters sharded over this mesh by `rules`; None: one device
   rules: Any = None
+  block_size: int = 0  # a block diffusion model's block (config.diffusion.block_size); 0: none
 
   def __post_init__(self):
     graphdef = model_lib.abstract_model(self.config)[0]
@@ -148,7 +149,7 @@ def load(workdir: str | None = None, checkpoint: str | None = None, use_ema: boo
     params = checkpointer.restore_params(step, abstract, 'ema_params' if use_ema else 'params')
   schedule = diffusion.Schedule(**meta.get('schedule', {'kind': 'linear'}))
   return Model(params, config, tokenizer, step, schedule, tokenizer_path=tokenizer_path,
-               mesh=mesh, rules=rules)
+               mesh=mesh, rules=rules, block_size=meta.get('block_size', 0))
 
 
 def generate(model: Model, prompts: list[str], **settings) -> list[Completion]:
@@ -186,7 +187,8 @@ def _prompt_rows(tokenizer, encoded, attention_mask, bos: bool) -> tuple[np.ndar
 
 
 def generate_ids(model: Model, encoded, *, attention_mask=None, gen_length: int = 128,
-                 steps: int = 64, block_length: int = 32, sampler: str = 'low_confidence',
+                 steps: int = 64, block_length: int | None = None,
+                 sampler: str = 'low_confidence',
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                  cfg_scale: float = 0.0, forbid_eos: bool = False, seed: int = 0,
                  time_grid: str = 'uniform', block_cache: bool = False,
@@ -207,7 +209,13 @@ def generate_ids(model: Model, encoded, *, attention_mask=None, gen_length: int 
   too, as LLaDA's generate() does. The adaptive samplers ('threshold', 'factor',
   'entropy_bound') commit as many tokens per step as their bound allows and at least what
   `steps` would; `stop_at_eos` ends a row at its first EOS once all before it is decided.
-  Each Completion counts the model calls its row used (`nfe`).
+  Each Completion counts the model calls its row used (`nfe`). `block_length` is 32 by
+  default.
+
+  A block diffusion model (`model.block_size` K) decodes its blocks of K left to right on an
+  exact key/value cache (`sampling.SamplerConfig.block_causal`), each in steps / (gen_length
+  / K) calls at most; `block_length` is K (None or K). Its cost per call does not grow with
+  `gen_length`, which is then a maximum: with `stop_at_eos`, a row ends at its EOS.
 
   A causal (autoregressive) model decodes with its key/value cache: `temperature`, `top_k`,
   `top_p` and `forbid_eos` apply, the diffusion settings do not, and token i is "committed"
@@ -228,6 +236,17 @@ def generate_ids(model: Model, encoded, *, attention_mask=None, gen_length: int 
         'fill_prompt_masks=True to fill those positions too, as LLaDA\'s generate() does, or '
         'use infill.')
   width = min(sampling.bucket(prompt_len), model.config.max_seq_len - gen_length)
+  if model.block_size:  # the prompt region holds whole blocks
+    if block_length not in (None, model.block_size):
+      raise sampling.SamplingError(
+          f'block_length: this block diffusion model decodes blocks of {model.block_size}, '
+          f'got {block_length}.')
+    block_length = model.block_size
+    width = -(-width // block_length) * block_length
+    if width + gen_length > model.config.max_seq_len:
+      raise sampling.SamplingError(
+          f'the prompt ({prompt_len} tokens, {width} in whole blocks) and gen_length '
+          f'({gen_length}) exceed the model\'s context of {model.config.max_seq_len} tokens.')
   pad = ((0, 0), (width - prompt_len, 0))
   canvas = np.pad(prompts, pad, constant_values=tok.pad_id)
   canvas_valid = np.pad(valid, pad)
@@ -245,11 +264,13 @@ def generate_ids(model: Model, encoded, *, attention_mask=None, gen_length: int 
   else:
     cfg = sampling.SamplerConfig(
         mask_id=tok.mask_id, vocab_size=tok.vocab_size, eos_id=tok.eos_id, sampler=sampler,
-        steps=steps, block_length=block_length, temperature=temperature, top_k=top_k,
+        steps=steps, block_length=32 if block_length is None else block_length,
+        temperature=temperature, top_k=top_k,
         top_p=top_p, cfg_scale=cfg_scale, forbid_eos=forbid_eos, time_grid=time_grid,
         schedule=model.diffusion_schedule, block_cache=block_cache,
         fill_prompt_masks=fill_prompt_masks, threshold=threshold, factor=factor,
-        entropy_bound=entropy_bound, stop_at_eos=stop_at_eos)
+        entropy_bound=entropy_bound, stop_at_eos=stop_at_eos,
+        block_causal=bool(model.block_size))
     full = np.concatenate([canvas, np.full((batch, gen_length), tok.mask_id, np.int32)], 1)
     mask = np.concatenate([canvas_valid, np.ones((batch, gen_length), bool)], axis=1)
     with model.placed():
@@ -293,9 +314,11 @@ def infill(model: Model, text: str, *, num_samples: int = 1, steps: int = 0,
   calls (0: one per mask); every given token stays. The masks form one block, so the
   confidence samplers commit their surest positions first wherever they are. Each
   Completion holds the whole canvas; an EOS filled into a mask is left out of its text."""
-  if model.config.causal:
-    raise sampling.SamplingError('infill: needs a diffusion model; this one is causal '
-                                 '(autoregressive).')
+  if model.config.causal or model.block_size:
+    raise sampling.SamplingError('infill: needs a full-sequence diffusion model; this one '
+                                 'writes left to right (' + (
+                                     'autoregressive).' if model.config.causal else
+                                     f'block diffusion, blocks of {model.block_size}).'))
   if num_samples < 1:
     raise sampling.SamplingError(f'num_samples: must be >= 1, got {num_samples}.')
   tok = model.tokenizer
@@ -387,8 +410,9 @@ def define_flags():
                       '[MASK:N] (N tokens) markers are filled; --steps defaults to one per mask.')
   flags.DEFINE_integer('gen_length', 128, 'Tokens to generate.')
   flags.DEFINE_integer('steps', 64, 'Denoising steps (model calls).')
-  flags.DEFINE_integer('block_length', 32, 'Semi-autoregressive block length (must divide '
-                       'gen_length); ignored by ancestral.')
+  flags.DEFINE_integer('block_length', None, 'Semi-autoregressive block length (must divide '
+                       'gen_length; default 32; ignored by ancestral). A block diffusion '
+                       'model decodes its own blocks.')
   define_sampler_flags()
   flags.DEFINE_bool('stop_at_eos', False, 'End a sample at its first EOS once everything '
                     'before it is decided (saves the remaining model calls).')

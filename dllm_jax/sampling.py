@@ -97,7 +97,7 @@ class SamplerConfig:
   stop_at_eos: bool = False
   # The network is a block diffusion model (BD3-LM) with blocks of `block_length`: they are
   # decoded left to right, each attending to the exact keys and values of the prompt and
-  # the blocks before it, computed once (see `_sample_block_causal`).
+  # the blocks before it, computed once (see `sample_block_causal`).
   block_causal: bool = False
 
 
@@ -625,10 +625,11 @@ def _empty_cache(decode_fn: Callable, params, batch: int, length: int):
                       shapes)
 
 
-def _sample_block_causal(decode_fn: Callable, params, canvas_BxL: Array, keys_B: Array,
+def sample_block_causal(decode_fn: Callable, params, canvas_BxL: Array, keys_B: Array,
                          rows: RowSettings, sampler_index: Array | int, cfg: SamplerConfig,
                          gen_start: int, attention_mask_BxL: Array | None, *, guided: bool,
-                         block: int) -> Sample:
+                         block: int, on_step: Callable | None = None,
+                         report: Array | bool = False) -> Sample:
   """Decodes a block diffusion model, block by block of `block` (static) tokens: each is
   denoised by the sampler's steps, its tokens attending to themselves and to the cached keys
   and values of the prompt and the blocks before it. Every position attends block-causally,
@@ -638,7 +639,7 @@ def _sample_block_causal(decode_fn: Callable, params, canvas_BxL: Array, keys_B:
   than two blocks, and every call is a denoising step (`Sample.nfe` counts them all).
   Every sampler commits within the block as in its own blocks (ancestral walks its time grid
   once per block); with `stop_at_eos`, a row ends at its EOS and the call once every row
-  has, however long the canvas."""
+  has, however long the canvas. `on_step` and `report` stream as in `sample_rows`."""
   batch, length = canvas_BxL.shape
   fixed_BxL = canvas_BxL != cfg.mask_id
   valid_BxL = (jnp.ones(canvas_BxL.shape, bool) if attention_mask_BxL is None
@@ -659,34 +660,37 @@ def _sample_block_causal(decode_fn: Callable, params, canvas_BxL: Array, keys_B:
     logits, cache = _guided(net, window(x_BxL), window(fixed_BxL), cfg.mask_id, cfg_scale_B)
     return logits[:, -block:], cache  # the logits of the block being denoised
 
-  def one_block(b_carry_cache):
-    b, carry, cache = b_carry_cache
+  def one_block(b_i_carry_cache):
+    b, i, carry, cache = b_i_carry_cache
     lo = gen_start + b * block
     positions_W = lo + jnp.arange(block)
 
-    def step(carry, logits_BxWxV):  # rows on another block sit this one out
-      return _step(carry, carry[2].block_B == b, logits_BxWxV, lo, positions_W, fixed_BxL,
-                   keys_B, rows, blocks, cfg, gen_start, commit_fn)
+    def step(i, carry, logits_BxWxV):  # rows on another block sit this one out
+      carry = _step(carry, carry[2].block_B == b, logits_BxWxV, lo, positions_W, fixed_BxL,
+                    keys_B, rows, blocks, cfg, gen_start, commit_fn)
+      if on_step is not None:
+        jax.lax.cond(report, lambda: io_callback(on_step, None, i, carry[0]), lambda: None)
+      return i + 1, carry
 
     # The block's first call also writes the keys and values of what precedes it.
     logits, cache = jax.lax.cond(
         b == 0, lambda x, cache: call(x, cache, 0, gen_start + block),
         lambda x, cache: call(x, cache, lo - block, 2 * block), carry[0], cache)
-    carry = step(carry, logits)
+    i, carry = step(i, carry, logits)
 
-    def denoise(carry_and_cache):
-      carry, cache = carry_and_cache
+    def denoise(i_carry_cache):
+      i, carry, cache = i_carry_cache
       logits, cache = call(carry[0], cache, lo, block)
-      return step(carry, logits), cache
+      return *step(i, carry, logits), cache
 
-    on_it = lambda carry_and_cache: jnp.any(carry_and_cache[0][2].block_B == b)
-    carry, cache = jax.lax.while_loop(on_it, denoise, (carry, cache))
-    return b + 1, carry, cache
+    on_it = lambda i_carry_cache: jnp.any(i_carry_cache[1][2].block_B == b)
+    return b + 1, *jax.lax.while_loop(on_it, denoise, (i, carry, cache))
 
-  not_done = lambda b_carry_cache: jnp.any(b_carry_cache[1][2].block_B < blocks.count_B)
+  not_done = lambda b_i_carry_cache: jnp.any(b_i_carry_cache[2][2].block_B < blocks.count_B)
   start = _start(canvas_BxL, rows, blocks, cfg, gen_start)
   cache = _empty_cache(decode_fn, params, batch * (2 if guided else 1), length)
-  _, (x, commit, prog), _ = jax.lax.while_loop(not_done, one_block, (jnp.int32(0), start, cache))
+  _, _, (x, commit, prog), _ = jax.lax.while_loop(
+      not_done, one_block, (jnp.int32(0), jnp.int32(0), start, cache))
   return Sample(x, commit, prog.nfe_B)
 
 
@@ -695,8 +699,8 @@ _rows_jit = jax.jit(sample_rows, static_argnums=(0, 6, 7),
                     static_argnames=('guided', 'most_per_step', 'on_step'))
 _block_cached_jit = jax.jit(_sample_block_cached, static_argnums=(0, 6, 7),
                             static_argnames=('guided', 'block'))
-_block_causal_jit = jax.jit(_sample_block_causal, static_argnums=(0, 6, 7),
-                            static_argnames=('guided', 'block'))
+_block_causal_jit = jax.jit(sample_block_causal, static_argnums=(0, 6, 7),
+                            static_argnames=('guided', 'block', 'on_step'))
 
 
 def bucket(length: int, minimum: int = 16) -> int:

@@ -291,8 +291,9 @@ def _sampler_config(config, tokenizer, noise) -> sampling.SamplerConfig:
   s = config.sampling
   cfg = sampling.SamplerConfig(mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size,
                                eos_id=tokenizer.eos_id, sampler=s.sampler, steps=s.steps,
-                               block_length=s.block_length, temperature=s.temperature,
-                               schedule=noise)
+                               block_length=block_size(config) or s.block_length,
+                               temperature=s.temperature, schedule=noise,
+                               block_causal=bool(block_size(config)))
   prompt_len, gen_length = _sample_lengths(config)
   try:
     sampling.validate(cfg, prompt_len + gen_length, prompt_len)
@@ -572,8 +573,9 @@ def _print_samples(exp: Experiment, params, eval_data) -> list[str]:
                                         jnp.ones_like(tokens, bool), key, cfg)
   else:
     canvas = jnp.concatenate([tokens, jnp.full((tokens.shape[0], gen_length), tok.mask_id)], 1)
+    decode_fn = model_lib.make_decode_fn(model_lib.abstract_model(exp.model_config)[0])
     generated = sampling.sample(exp.logits_fn, params, canvas, key, exp.sampler_config,
-                                prompt_len).tokens[:, prompt_len:]
+                                prompt_len, decode_fn=decode_fn).tokens[:, prompt_len:]
   prompts = multihost_utils.process_allgather(tokens, tiled=True)[:n]
   completions = multihost_utils.process_allgather(generated, tiled=True)[:n]
   texts = []

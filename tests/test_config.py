@@ -41,6 +41,8 @@ def test_config_file_loads_validates_and_trains_one_step(path, corpus_dir, tfds_
     ('train.ema_decay', 1.0, r'must be in \[0, 1\)'),
     ('mesh.tensor', 0, 'must be a positive size or -1'),
     ('diffusion.eps', 0.7, r'must be in \(0, 0.5\)'),
+    ('diffusion.block_size', 5, 'must be 0 or divide data.seq_len=256, got 5'),
+    ('diffusion.t_range', (0.6, 0.2), r'must be \(beta, omega\) with 0 <= beta <= omega'),
 ])
 def test_bad_values_name_the_field(field, value, message):
   config = config_lib.base_config()

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 
 import jax.numpy as jnp
 import numpy as np
@@ -213,3 +214,39 @@ def test_eval_mode_reports_the_bounds_with_standard_errors(trained):
   for name in ('continuous', 'discrete_T8'):
     assert 0 < report[name]['stderr_bits'] < report[name]['bits_per_token'] < 8.1
   assert report['tokens'] > 0 and report['t_samples'] == 3
+
+
+def test_a_block_diffusion_checkpoint_generates_and_serves(tiny_config, tmp_path):
+  """diffusion.block_size 4: generate decodes its blocks on the exact cache, to an EOS or the
+  maximum; the server answers as generate does; a foreign block length and infilling are
+  clear errors."""
+  from dllm_jax.server import api, engine as engine_lib  # pylint: disable=g-import-not-at-top
+  tiny_config.diffusion.block_size = 4
+  tiny_config.train.update(num_steps=4, eval_every=4, checkpoint_every=4)
+  train.train_and_evaluate(tiny_config, str(tmp_path))
+  model = generate.load(workdir=str(tmp_path))
+  assert model.block_size == 4
+  settings = dict(gen_length=16, steps=8, sampler='threshold', threshold=0.2, stop_at_eos=True)
+  out = generate.generate(model, ['def f(x):', 'return'], **settings)
+  assert all(len(c.tokens) == 16 and 1 <= c.nfe <= 8 for c in out)
+  with pytest.raises(sampling.SamplingError, match='decodes blocks of 4, got 8'):
+    generate.generate(model, ['def'], block_length=8, **settings)
+  with pytest.raises(sampling.SamplingError, match='block diffusion, blocks of 4'):
+    generate.infill(model, 'def [MASK:4](x):')
+
+  engine = engine_lib.Engine(model, max_batch=2, prompt_buckets=(16,), gen_buckets=(16,))
+  engine.warm_up(lambda message: None)
+  try:
+    with api.running(api.create_app(engine, model_name='bd')) as base:
+      request = urllib.request.Request(f'{base}/v1/completions', method='POST', data=json.dumps(
+          {'model': 'bd', 'prompt': 'def f(x):', 'max_tokens': 16, 'steps': 8,
+           'sampler': 'threshold', 'threshold': 0.2, 'temperature': 0}).encode(),
+          headers={'Content-Type': 'application/json'})
+      with urllib.request.urlopen(request, timeout=120) as response:
+        body = json.loads(response.read())
+      assert body['choices'][0]['text'] == out[0].text
+      assert body['usage']['nfe'] == out[0].nfe
+  finally:
+    engine.stop()
+  with pytest.raises(ValueError, match='must divide every bucket'):
+    engine_lib.Engine(model, prompt_buckets=(18,), gen_buckets=(16,))

@@ -473,3 +473,26 @@ def test_cli_reports_a_bad_config_value_in_one_line(tmp_path):
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith('error: config.diffusion.schedule:'), proc.stderr[-2000:]
   assert 'Traceback' not in proc.stderr
+
+
+def test_an_autoregressive_run_starts_a_block_diffusion_model(tiny_config, tmp_path):
+  """train.init_from takes an AR checkpoint into a diffusion config (attention is no
+  parameter); the new run starts from its weights and keeps its own objective, block size
+  and t_range, and resuming it is checked against them."""
+  from dllm_jax import generate  # pylint: disable=g-import-not-at-top
+  ar = tiny_config.copy_and_resolve_references()
+  ar.model.causal, ar.train.objective = True, 'ar'
+  ar.train.update(num_steps=2, eval_every=2, checkpoint_every=2)
+  train.train_and_evaluate(ar, str(tmp_path / 'ar'))
+  tiny_config.diffusion.update(block_size=4, t_range=(0.3, 0.8))
+  tiny_config.train.update(init_from=str(tmp_path / 'ar'), num_steps=1, learning_rate=1e-9,
+                           warmup_steps=0, eval_every=1, checkpoint_every=1)
+  train.train_and_evaluate(tiny_config, str(tmp_path / 'bd'))
+  start, adapted = generate.load(workdir=str(tmp_path / 'ar')), generate.load(
+      workdir=str(tmp_path / 'bd'))
+  assert adapted.block_size == 4 and not adapted.config.causal
+  chex.assert_trees_all_close(adapted.params, start.params, atol=1e-6)
+  tiny_config.diffusion.block_size = 8
+  tiny_config.train.num_steps = 2
+  with pytest.raises(ckpt_lib.CheckpointError, match='block_size: checkpoint has 4'):
+    train.train_and_evaluate(tiny_config, str(tmp_path / 'bd'))

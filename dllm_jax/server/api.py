@@ -186,11 +186,15 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
   return (f'{param}: {first["msg"]}' if param else first['msg']), param
 
 
-def _resolve_settings(req: _Request, max_tokens: int) -> engine_lib.Settings:
-  """The request's sampler settings with the server's defaults filled in."""
+def _resolve_settings(req: _Request, max_tokens: int,
+                      block_size: int = 0) -> engine_lib.Settings:
+  """The request's sampler settings with the server's defaults filled in (`block_size`: a
+  block diffusion model's blocks, the default block length)."""
   steps = req.steps or max_tokens
   block = req.block_length
-  if block is None:
+  if block is None and block_size:
+    block = block_size
+  elif block is None:
     fits = max_tokens % 32 == 0 and steps % (max_tokens // 32) == 0
     block = 32 if fits and req.sampler != 'ancestral' else max_tokens
   return engine_lib.Settings(gen_length=max_tokens, steps=steps, block_length=block,
@@ -263,7 +267,7 @@ def create_app(engine: engine_lib.Engine, *, model_name: str, api_key: str | Non
     stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     if len(stops) > MAX_STOP or any(not s for s in stops):
       raise ApiError(400, f'stop: at most {MAX_STOP} non-empty strings.', param='stop')
-    settings = _resolve_settings(req, max_tokens or default_max_tokens)
+    settings = _resolve_settings(req, max_tokens or default_max_tokens, engine.model.block_size)
     try:
       engine.check(max(len(p) for p in prompts), settings, len(prompts) * req.n, len(suffix))
     except sampling.SamplingError as e:

@@ -7,7 +7,8 @@ which each row keeps its own key, steps, block length, length and temperature. S
 rounded up to buckets: batch rows to a power of two, the prompt (left-padded) and the
 generation region (right-padded, out of attention) to the configured lengths, so that a
 row samples as it would alone. A job may carry a suffix, fixed text after its generation
-(infilling): its tokens follow the masks in the generation bucket. `warm_up` compiles
+(infilling): its tokens follow the masks in the generation bucket. A block diffusion model
+runs `sampling.sample_block_causal` instead, its blocks on an exact cache. `warm_up` compiles
 every bucket ahead of time; after it, serving compiles nothing (counted by
 `dllm_compilations_total`).
 """
@@ -125,6 +126,9 @@ class Engine:
                max_queue: int = 64, batch_wait_s: float = 0.005, max_steps: int = 1024):
     if model.config.causal:
       raise ValueError('the server samples diffusion models; this checkpoint is causal.')
+    if model.block_size and any(b % model.block_size for b in (*prompt_buckets, *gen_buckets)):
+      raise ValueError(f'prompt_buckets, gen_buckets: this block diffusion model decodes '
+                       f'blocks of {model.block_size}, which must divide every bucket.')
     self.model, self.tokenizer = model, model.tokenizer
     self.max_batch, self.max_queue, self.batch_wait_s = max_batch, max_queue, batch_wait_s
     self.max_steps = max_steps
@@ -154,16 +158,22 @@ class Engine:
   def _executable(self, rows: int, width: int, gen: int, guided: bool):
     shape = (rows, width, gen, guided)
     if shape not in self._compiled:
-      fn = jax.jit(sampling.sample_rows, static_argnums=(0, 6, 7),
-                   static_argnames=('guided', 'most_per_step', 'on_step'))
+      if self.model.block_size:  # blocks on an exact cache
+        fn = jax.jit(sampling.sample_block_causal, static_argnums=(0, 6, 7),
+                     static_argnames=('guided', 'block', 'on_step'))
+        net, program = self.model.decode_fn, dict(block=self.model.block_size)
+      else:
+        fn = jax.jit(sampling.sample_rows, static_argnums=(0, 6, 7),
+                     static_argnames=('guided', 'most_per_step', 'on_step'))
+        net, program = self.model.logits_fn, dict(most_per_step=gen)
       canvas = jnp.zeros((rows, width + gen), jnp.int32)
-      settings = sampling.row_settings(self._vocab, rows, gen)
+      settings = sampling.row_settings(dataclasses.replace(
+          self._vocab, block_length=self.model.block_size), rows, gen)
       with self.model.placed():
         self._compiled[shape] = fn.lower(
-            self.model.logits_fn, self.model.params, canvas, jax.random.split(
-                jax.random.key(0), rows), settings, jnp.int32(0), self._vocab, width,
-            jnp.ones(canvas.shape, bool), guided=guided, most_per_step=gen, on_step=self._report,
-            report=jnp.bool_(False)).compile()
+            net, self.model.params, canvas, jax.random.split(jax.random.key(0), rows),
+            settings, jnp.int32(0), self._vocab, width, jnp.ones(canvas.shape, bool),
+            guided=guided, on_step=self._report, report=jnp.bool_(False), **program).compile()
       self.metrics.compilations.inc()
     return self._compiled[shape]
 
@@ -209,6 +219,13 @@ class Engine:
       raise sampling.SamplingError(f'cfg_scale: must be >= 0, got {settings.cfg_scale}.')
     cfg = dataclasses.replace(self._vocab, **{f: getattr(settings, f) for f in (
         'sampler', 'steps', 'block_length', 'temperature', 'top_k', 'top_p')})
+    if self.model.block_size:
+      if suffix_tokens:
+        raise sampling.SamplingError('suffix: a block diffusion model writes left to right; '
+                                     'it cannot fill a gap before given text.')
+      cfg = dataclasses.replace(cfg, block_causal=True)
+      # Its prompt region is a whole number of blocks (the buckets are).
+      prompt_tokens = -(-prompt_tokens // self.model.block_size) * self.model.block_size
     sampling.validate(cfg, prompt_tokens + settings.gen_length, prompt_tokens)
 
   def submit(self, job: Job) -> None:
