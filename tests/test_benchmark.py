@@ -223,3 +223,10 @@ def test_frontier_projection_follows_the_roofline():
   assert wide['dllm_tokens_per_sec'] < wide['ar_tokens_per_sec']
   crossovers = [frontier.crossover_batch(n, **geometry) for n in (1.0, 0.5, 0.1)]
   assert crossovers == sorted(crossovers) and crossovers[0] == 1
+  # Block diffusion's calls run two blocks at most: at 1024 tokens and batch 16 its exact
+  # cache beats the dual cache's full-canvas first calls; its grid has no dual-cache rows.
+  long = dict(geometry, gen_length=1024, block=4)
+  exact, dual = (frontier.project(0.5, batch=16, exact_cache=e, **long) for e in (True, False))
+  assert exact['dllm_tokens_per_sec'] > dual['dllm_tokens_per_sec']
+  grid = frontier.dllm_settings(16, 4, exact_cache=True)
+  assert all(not s.get('block_cache') and s['block_length'] == 4 for _, s in grid)

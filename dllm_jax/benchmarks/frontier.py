@@ -33,15 +33,16 @@ from dllm_jax import diffusion
 from dllm_jax import generate
 
 GREEDY = dict(sampler='low_confidence', temperature=0.0)
-COLUMNS = ['model', 'setting', 'batch', 'tokens_per_sec', 'nfe_per_token', 'batch_nfe_per_token',
-           'ms_per_call',
-           'gen_ppl', 'entropy', 'agreement', 'reference_match', 'exact_continuations']
+COLUMNS = ['model', 'setting', 'cache', 'batch', 'tokens_per_sec', 'nfe_per_token',
+           'batch_nfe_per_token', 'ms_per_call', 'gen_ppl', 'entropy', 'agreement', 'reference_match', 'exact_continuations']
 
 
-def dllm_settings(gen_length: int, block_length: int) -> list[tuple[str, dict]]:
+def dllm_settings(gen_length: int, block_length: int,
+                  exact_cache: bool = False) -> list[tuple[str, dict]]:
   """The dLLM grid: fixed steps {L, L/2, L/4}, thresholds, factors, entropy bounds (greedy,
   one step budget of L), L steps and thresholds 0.9 and 0.7 at temperature 1, each also
-  with the block cache; and threshold 1, which commits one token a step exactly as the
+  with the block cache (unless `exact_cache`: a block diffusion model, whose blocks always
+  run on their exact cache); and threshold 1, which commits one token a step exactly as the
   fixed sampler does, to price the adaptive rule."""
   fixed = [(f'{gen_length // d} steps', dict(GREEDY, steps=gen_length // d)) for d in (1, 2, 4)]
   budget = dict(temperature=0.0, steps=gen_length)
@@ -54,7 +55,8 @@ def dllm_settings(gen_length: int, block_length: int) -> list[tuple[str, dict]]:
   sampled = [(f'{label}, T=1', dict(s, temperature=1.0))
              for label, s in fixed[:1] + adaptive[1:4:2]]
   grid = [(label, dict(s, block_length=block_length)) for label, s in fixed + adaptive + sampled]
-  grid += [(f'{label} + cache', dict(s, block_cache=True)) for label, s in grid]
+  if not exact_cache:
+    grid += [(f'{label} + cache', dict(s, block_cache=True)) for label, s in grid]
   grid.append(('threshold 1.0 (= 1 token/step)',
                dict(budget, sampler='threshold', threshold=1.0, block_length=block_length)))
   return grid
@@ -122,11 +124,12 @@ def run(models: dict[str, generate.Model], text: str, *, prompts: int, prompt_le
   prompt_ids, reference = prompts_from_text(dllm.tokenizer, text, prompts, prompt_len,
                                             gen_length)
   nll_fn = _ar_nll_fn(ar)
+  block_length = dllm.block_size or block_length  # a block diffusion model's own blocks
   exact, *_ = run_setting(dllm, prompt_ids, gen_length, max(batch_sizes),
                           dict(GREEDY, steps=gen_length, block_length=block_length))
   grid = [('ar', label, s) for label, s in AR_SETTINGS]
-  grid += [('dllm', label, s) for label, s in (settings or dllm_settings(gen_length,
-                                                                          block_length))]
+  grid += [('dllm', label, s) for label, s in (settings or dllm_settings(
+      gen_length, block_length, exact_cache=bool(dllm.block_size)))]
   rows = []
   for batch in batch_sizes:
     for kind, label, setting in grid:
@@ -135,8 +138,10 @@ def run(models: dict[str, generate.Model], text: str, *, prompts: int, prompt_le
       with ar.placed():
         nll = np.asarray(nll_fn(ar.params, jnp.asarray(prompt_ids), jnp.asarray(generated)))
       tokens = generated.size
+      cache = ('exact' if kind == 'dllm' and dllm.block_size else
+               'dual' if setting.get('block_cache') else 'none')
       rows.append({
-          'model': kind, 'setting': label, 'batch': batch, **setting,
+          'model': kind, 'setting': label, 'batch': batch, 'cache': cache, **setting,
           'tokens_per_sec': tokens / seconds,
           'nfe_per_token': float(nfe.sum() / tokens),
           'batch_nfe_per_token': calls * batch / tokens,
@@ -149,6 +154,7 @@ def run(models: dict[str, generate.Model], text: str, *, prompts: int, prompt_le
       })
   result = {'task': 'frontier', 'prompts': prompts, 'prompt_len': prompt_len,
             'gen_length': gen_length, 'block_length': block_length,
+            'block_diffusion': bool(dllm.block_size),
             'batch_sizes': list(batch_sizes), 'repeats': repeats,
             'params_millions': {k: m.config.num_params() / 1e6 for k, m in models.items()},
             'reference_gen_ppl': _reference_ppl(nll_fn, ar, prompt_ids, reference)}
@@ -167,18 +173,19 @@ def plot(rows: list[dict]):
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   batches = sorted({r['batch'] for r in rows})
   figure, axes = plt.subplots(1, len(batches), figsize=(6.5 * len(batches), 5), squeeze=False)
-  styles = {('ar', False): ('tab:red', 's'), ('dllm', False): ('tab:blue', 'o'),
-            ('dllm', True): ('tab:green', '^')}
+  styles = {('ar', 'none'): ('tab:red', 's'), ('dllm', 'none'): ('tab:blue', 'o'),
+            ('dllm', 'dual'): ('tab:green', '^'), ('dllm', 'exact'): ('tab:purple', 'D')}
+  names = {'none': '', 'dual': ' + block cache', 'exact': ' (block diffusion, exact cache)'}
   for ax, batch in zip(axes[0], batches):
     for r in (r for r in rows if r['batch'] == batch):
-      color, marker = styles[(r['model'], bool(r.get('block_cache')))]
+      color, marker = styles[(r['model'], r['cache'])]
       ax.scatter(r['tokens_per_sec'], r['gen_ppl'], color=color, marker=marker)
       ax.annotate(f"{r['setting']} ({r['nfe_per_token']:.2f})", (r['tokens_per_sec'],
                                                                    r['gen_ppl']),
                   fontsize=6, xytext=(3, 3), textcoords='offset points')
-    for (kind, cached), (color, marker) in styles.items():
-      ax.scatter([], [], color=color, marker=marker,
-                 label=kind + (' + block cache' if cached else ''))
+    for (kind, cache), (color, marker) in styles.items():
+      if any(r['model'] == kind and r['cache'] == cache for r in rows):
+        ax.scatter([], [], color=color, marker=marker, label=kind + names[cache])
     ax.set(xscale='log', yscale='log', xlabel='tokens / s',
            ylabel='generative perplexity (AR twin)',
            title=f'batch {batch} (NFE per token in brackets)')
@@ -204,15 +211,17 @@ def call_seconds(params: float, tokens: int, device: str, bytes_per_param: int =
 
 
 def project(nfe_per_token: float, *, batch: int, block: int, prompt_len: int, gen_length: int,
-            device: str, params: float = LLADA_8B_PARAMS) -> dict:
+            device: str, params: float = LLADA_8B_PARAMS, exact_cache: bool = False) -> dict:
   """Projected tokens/s of AR decoding (a prefill, then one position per row a call) and of
   the dLLM's block-cached decoding (each block's first call runs the whole canvas, its
-  others the block's positions), from a measured NFE per token."""
+  others the block's positions; with `exact_cache`, block diffusion: the first call runs
+  the previous block and this one, the others this one), from a measured NFE per token."""
   ar = (call_seconds(params, batch * prompt_len, device)
         + (gen_length - 1) * call_seconds(params, batch, device))
   blocks = gen_length // block
   cached_calls = max(nfe_per_token * gen_length - blocks, 0.0)
-  dllm = (blocks * call_seconds(params, batch * (prompt_len + gen_length), device)
+  first = 2 * block if exact_cache else prompt_len + gen_length
+  dllm = (blocks * call_seconds(params, batch * first, device)
           + cached_calls * call_seconds(params, batch * block, device))
   return {'device': device, 'batch': batch, 'gen_length': gen_length,
           'ar_tokens_per_sec': batch * gen_length / ar,
@@ -220,13 +229,13 @@ def project(nfe_per_token: float, *, batch: int, block: int, prompt_len: int, ge
 
 
 def crossover_batch(nfe_per_token: float, *, block: int, prompt_len: int, gen_length: int,
-                    device: str, params: float = LLADA_8B_PARAMS,
+                    device: str, params: float = LLADA_8B_PARAMS, exact_cache: bool = False,
                     batches=tuple(2**i for i in range(11))) -> int | None:
   """The largest of `batches` at which the dLLM projects at least as fast as AR (None: at
   none); past it, its block of positions per row turns its calls compute-bound first."""
   faster = [b for b in batches if (lambda p: p['dllm_tokens_per_sec'] >= p['ar_tokens_per_sec'])(
       project(nfe_per_token, batch=b, block=block, prompt_len=prompt_len,
-              gen_length=gen_length, device=device, params=params))]
+              gen_length=gen_length, device=device, params=params, exact_cache=exact_cache))]
   return max(faster, default=None)
 
 
@@ -237,13 +246,14 @@ def projections(result: dict, rows: list[dict]) -> list[dict]:
   exact = next(r for r in rows if r['batch'] == min(result['batch_sizes'])
                and r['setting'] == f"{result['gen_length']} steps")
   close = [r['nfe_per_token'] for r in rows if r['batch'] == exact['batch']
-           and r.get('block_cache') and r['gen_ppl'] <= 1.05 * exact['gen_ppl']]
+           and r['cache'] != 'none' and r['gen_ppl'] <= 1.05 * exact['gen_ppl']]
   nfe = min(close, default=1.0)
   out = []
   for device in ACCELERATORS:
     for length in (128, 256, 512, 1024):
       geometry = dict(block=result['block_length'], prompt_len=result['prompt_len'],
-                      gen_length=length, device=device)
+                      gen_length=length, device=device,
+                      exact_cache=result.get('block_diffusion', False))
       for batch in (1, 16):
         out.append({**project(nfe, batch=batch, **geometry), 'nfe_per_token': nfe,
                     'crossover_batch': crossover_batch(nfe, **geometry)})
@@ -263,7 +273,7 @@ def notes(result: dict, rows: list[dict]) -> str:
     close = [r for (kind, _), r in at.items()
              if kind == 'dllm' and r['gen_ppl'] <= 1.05 * exact['gen_ppl']]
     cheapest = min(close, key=lambda r: r['nfe_per_token'])
-    reach = [r for (kind, _), r in at.items() if kind == 'dllm' and r.get('block_cache')
+    reach = [r for (kind, _), r in at.items() if kind == 'dllm' and r['cache'] != 'none'
              and r['gen_ppl'] <= ar['gen_ppl']]
     fastest = max(reach, key=lambda r: r['tokens_per_sec'], default=None)
     one_per_step = at[('dllm', 'threshold 1.0 (= 1 token/step)')]
@@ -275,10 +285,10 @@ def notes(result: dict, rows: list[dict]) -> str:
         f"{cheapest['tokens_per_sec']:.0f} tokens/s, perplexity {cheapest['gen_ppl']:.3f}. "
         f"AR greedy: {ar['tokens_per_sec']:.0f} tokens/s, perplexity {ar['gen_ppl']:.3f}, "
         f"entropy {ar['entropy']:.2f}; "
-        + (f"fastest block-cached dLLM at no worse perplexity: {fastest['setting']}, "
+        + (f"fastest cached dLLM at no worse perplexity: {fastest['setting']}, "
            f"{fastest['tokens_per_sec'] / ar['tokens_per_sec']:.2f}x the AR speed "
            f"(entropy {fastest['entropy']:.2f})"
-           if fastest else 'no block-cached dLLM setting reaches its perplexity')
+           if fastest else 'no cached dLLM setting reaches its perplexity')
         + f". Adaptive rule per call (threshold 1 vs {exact_label}, same calls and tokens): "
         f"{one_per_step['ms_per_call'] / exact['ms_per_call']:.3f}x.")
   lines.append('Projected for LLaDA-8B (bf16 roofline, `frontier.project`; NFE per token as '
