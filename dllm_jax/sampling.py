@@ -326,9 +326,9 @@ def sample(logits_fn: Callable, params, canvas_BxL: Array, key: Array, cfg: Samp
   args = (params, canvas_BxL, jax.random.split(key, batch),
           row_settings(cfg, batch, length - gen_start), np.int32(SAMPLERS.index(cfg.sampler)),
           program_settings(cfg), gen_start, attention_mask_BxL)
-  if (cfg.block_cache or cfg.block_causal) and decode_fn is None:
-    raise SamplingError('block_cache, block_causal: need the network\'s decode_fn '
-                        '(model.make_decode_fn).')
+  for name in ('block_cache', 'block_causal'):
+    if getattr(cfg, name) and decode_fn is None:
+      raise SamplingError(f'{name}: needs the network\'s decode_fn (model.make_decode_fn).')
   if cfg.block_causal:
     return _block_causal_jit(decode_fn, *args, guided=bool(cfg.cfg_scale),
                              block=cfg.block_length)
@@ -448,13 +448,14 @@ def _committer(rows: RowSettings, blocks: _Blocks, cfg: SamplerConfig, gen_start
 
 def _denoise(x_BxW: Array, logits_BxWxV: Array, positions_W: Array, prog: _Progress,
              active_B: Array, keys_B: Array, rows: RowSettings, cfg: SamplerConfig,
-             commit_fn: Callable):
+             commit_fn: Callable, gen_start: int):
   """A step on a window of the canvas given its logits: draw, choose, commit (active rows
   only). Returns the window, where it committed, and the blocks' mask counts. The random
-  numbers are indexed by (block, step in block, position), so steps skipped by an early
-  exit shift no other draw, and a position's draws do not depend on the window."""
+  numbers are indexed by (block, step in block, position from gen_start), so steps skipped
+  by an early exit shift no other draw, and a position's draws depend neither on the window
+  nor on how far the prompts are padded."""
   step_keys = jax.vmap(lambda k, b, j: jax.vmap(lambda p: jax.random.split(jax.random.fold_in(
-      jax.random.fold_in(jax.random.fold_in(k, b), j), p)))(positions_W))(
+      jax.random.fold_in(jax.random.fold_in(k, b), j), p)))(positions_W - gen_start))(
           keys_B, prog.block_B, prog.step_B)  # [B, W, 2]
   logits = filter_logits(logits_BxWxV, cfg, rows)
   x0 = draw_rows(step_keys[:, :, 0], logits, rows.temperature)
@@ -511,7 +512,7 @@ def _step(carry, active_B: Array, logits_BxWxV: Array, lo, positions_W: Array,
   width = positions_W.shape[0]
   window = lambda a: jax.lax.dynamic_slice_in_dim(a, lo, width, axis=1)
   x_W, commit_now, block_masks_B = _denoise(window(x), logits_BxWxV, positions_W, prog,
-                                            active_B, keys_B, rows, cfg, commit_fn)
+                                            active_B, keys_B, rows, cfg, commit_fn, gen_start)
   x = _update(x, x_W, lo)
   commit = _update(commit, jnp.where(commit_now, prog.nfe_B[:, None], window(commit)), lo)
   return _advance(x, commit, fixed_BxL, prog, block_masks_B, active_B, rows, blocks, cfg,

@@ -188,7 +188,8 @@ def test_sharded_sampling_matches_unsharded(tiny, block_cache, sampler):
 
 
 def draw(key, logits_1xNxV, temperature):
-  return sampling.draw_rows(key[None], logits_1xNxV, jnp.full((1,), temperature))
+  return sampling.draw_rows(jax.random.split(key, logits_1xNxV.shape[:2]), logits_1xNxV,
+                            jnp.full((1,), temperature))
 
 
 def test_draws_keep_a_one_in_a_thousand_tail():
@@ -216,7 +217,8 @@ def test_rare_tokens_of_a_large_vocabulary_are_drawn_at_their_softmax_rate():
   def rare_draws(key):
     def chunk(key):
       logits = jnp.full((rows, positions, vocab), -gap).at[:, :, 0].set(0.0)
-      drawn = sampling.draw_rows(jax.random.split(key, rows), logits, jnp.ones(rows))
+      drawn = sampling.draw_rows(jax.random.split(key, (rows, positions)), logits,
+                                 jnp.ones(rows))
       return jnp.sum(drawn != 0)
     return jnp.sum(jax.lax.map(chunk, jax.random.split(key, chunks)))
 

@@ -34,7 +34,8 @@ from dllm_jax import generate
 
 GREEDY = dict(sampler='low_confidence', temperature=0.0)
 COLUMNS = ['model', 'setting', 'cache', 'batch', 'tokens_per_sec', 'nfe_per_token',
-           'batch_nfe_per_token', 'ms_per_call', 'gen_ppl', 'entropy', 'agreement', 'reference_match', 'exact_continuations']
+           'batch_nfe_per_token', 'ms_per_call', 'gen_ppl', 'entropy', 'agreement',
+           'reference_match', 'exact_continuations']
 
 
 def dllm_settings(gen_length: int, block_length: int,
