@@ -179,7 +179,8 @@ def test_infill_bad_inputs_are_clear_errors(trained):
   with pytest.raises(sampling.SamplingError, match='num_samples: must be >= 1'):
     generate.infill(model, '[MASK]', num_samples=0)
   causal = dataclasses.replace(model, config=dataclasses.replace(model.config, causal=True))
-  with pytest.raises(sampling.SamplingError, match='needs a diffusion model'):
+  with pytest.raises(sampling.SamplingError,
+                     match=r'needs a full-sequence diffusion model; .* \(autoregressive\)'):
     generate.infill(causal, 'a[MASK]b')
 
 
