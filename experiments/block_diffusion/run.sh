@@ -28,5 +28,7 @@ done
 python -m dllm_jax.benchmark --task=frontier --dllm_checkpoint="$RUNS/block_diffusion/k4" \
   --ar_checkpoint="$RUNS/likelihood/ar" --out="$OUT/frontier_k4" --prompts=8 \
   --batch_sizes=1 --repeats=1
+python experiments/block_diffusion/timing.py --bd="$RUNS/block_diffusion/k4" \
+  --ar="$RUNS/likelihood/ar" --out="$OUT"
 python experiments/block_diffusion/loss_variance.py --workdir="$RUNS/block_diffusion/k4" \
   --out="$OUT" --draws=64
