@@ -454,9 +454,12 @@ def _denoise(x_BxW: Array, logits_BxWxV: Array, positions_W: Array, prog: _Progr
   numbers are indexed by (block, step in block, position from gen_start), so steps skipped
   by an early exit shift no other draw, and a position's draws depend neither on the window
   nor on how far the prompts are padded."""
-  step_keys = jax.vmap(lambda k, b, j: jax.vmap(lambda p: jax.random.split(jax.random.fold_in(
-      jax.random.fold_in(jax.random.fold_in(k, b), j), p)))(positions_W - gen_start))(
-          keys_B, prog.block_B, prog.step_B)  # [B, W, 2]
+  def position_keys(key, block, step):  # [W, 2]: a pair of keys per position
+    step_key = jax.random.fold_in(jax.random.fold_in(key, block), step)
+    return jax.vmap(lambda p: jax.random.split(jax.random.fold_in(step_key, p)))(
+        positions_W - gen_start)
+
+  step_keys = jax.vmap(position_keys)(keys_B, prog.block_B, prog.step_B)  # [B, W, 2]
   logits = filter_logits(logits_BxWxV, cfg, rows)
   x0 = draw_rows(step_keys[:, :, 0], logits, rows.temperature)
   commit_now, block_masks_B = commit_fn(prog, step_keys[:, :, 1], logits, x0,
