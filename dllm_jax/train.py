@@ -564,16 +564,15 @@ def _print_samples(exp: Experiment, params, eval_data) -> list[str]:
   prompt_len, gen_length = _sample_lengths(exp.config)
   tokens = global_batch(eval_data[0], exp.batch_sharding)['tokens'][:, :prompt_len]
   key = jax.random.key(exp.config.seed)
+  decode_fn = model_lib.make_decode_fn(model_lib.abstract_model(exp.model_config)[0])
   if exp.model_config.causal:
     cfg = autoregressive.DecodeConfig(mask_id=tok.mask_id, vocab_size=tok.vocab_size,
                                       eos_id=tok.eos_id, gen_length=gen_length,
                                       temperature=s.temperature)
-    decode_fn = model_lib.make_decode_fn(model_lib.abstract_model(exp.model_config)[0])
     generated = autoregressive.generate(decode_fn, exp.model_config, params, tokens,
                                         jnp.ones_like(tokens, bool), key, cfg)
   else:
     canvas = jnp.concatenate([tokens, jnp.full((tokens.shape[0], gen_length), tok.mask_id)], 1)
-    decode_fn = model_lib.make_decode_fn(model_lib.abstract_model(exp.model_config)[0])
     generated = sampling.sample(exp.logits_fn, params, canvas, key, exp.sampler_config,
                                 prompt_len, decode_fn=decode_fn).tokens[:, prompt_len:]
   prompts = multihost_utils.process_allgather(tokens, tiled=True)[:n]
